@@ -1,0 +1,57 @@
+"""eventlog: one ordered, durable log of msgspec-encoded session events."""
+
+from .base import EventLog, LogStats
+from .codec import Record, decode_event, encode_event
+from .errors import CodecError, EventLogError, LogUnavailable, UnsupportedURL
+from .events import (
+    BaseEvent,
+    CapabilitiesRecorded,
+    ClientMessage,
+    CloseReason,
+    Event,
+    MessageHandled,
+    OwnerClaimed,
+    OwnerReleased,
+    ServerMessage,
+    SessionClosed,
+    SessionOpened,
+    WorkerHeartbeat,
+    WorkerStarted,
+    WorkerStopped,
+    new_event_id,
+)
+from .factory import open_log
+from .memory import MemoryEventLog
+from .redis_streams import RedisEventLog
+from .sql import SQLEventLog
+
+__all__ = [
+    "BaseEvent",
+    "CapabilitiesRecorded",
+    "ClientMessage",
+    "CloseReason",
+    "CodecError",
+    "Event",
+    "EventLog",
+    "EventLogError",
+    "LogStats",
+    "LogUnavailable",
+    "MemoryEventLog",
+    "MessageHandled",
+    "OwnerClaimed",
+    "OwnerReleased",
+    "Record",
+    "RedisEventLog",
+    "SQLEventLog",
+    "ServerMessage",
+    "SessionClosed",
+    "SessionOpened",
+    "UnsupportedURL",
+    "WorkerHeartbeat",
+    "WorkerStarted",
+    "WorkerStopped",
+    "decode_event",
+    "encode_event",
+    "new_event_id",
+    "open_log",
+]

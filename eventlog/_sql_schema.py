@@ -1,0 +1,53 @@
+"""Tables of the SQL backends, and the statements that touch them."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    func,
+    select,
+)
+
+__all__ = ["SQLSchema"]
+
+
+class SQLSchema:
+    """The events and owners tables of one namespace."""
+
+    def __init__(self, namespace: str) -> None:
+        self.metadata = MetaData()
+        self.events = Table(
+            f"{namespace}_events",
+            self.metadata,
+            # INTEGER PRIMARY KEY is SQLite's rowid: the cheapest ordered key there.
+            Column(
+                "position",
+                BigInteger().with_variant(Integer, "sqlite"),
+                primary_key=True,
+                autoincrement=False,
+            ),
+            Column("event_id", String(64), nullable=False, unique=True),
+            Column("session_id", String(128), nullable=True, index=True),
+            Column("at", Float, nullable=False),
+            Column("worker", String(128), nullable=False),
+            Column("data", LargeBinary, nullable=False),
+        )
+        self.owners = Table(
+            f"{namespace}_owners",
+            self.metadata,
+            Column("session_id", String(128), primary_key=True),
+            Column("owner", String(128), nullable=False),
+        )
+        events = self.events
+        self.head = select(func.coalesce(func.max(events.c.position), 0))
+        self.rows_after = (
+            select(events.c.position, events.c.at, events.c.worker, events.c.data)
+            .order_by(events.c.position)
+        )

@@ -1,0 +1,321 @@
+"""The EventLog contract, and the machinery every backend shares.
+
+A backend implements four primitives (``_commit``, ``_read_rows``, ``_head`` and
+``_close``), each raising only :mod:`eventlog.errors`, and may refine how a tail waits (``_wait`` or ``_tail_rows``). Everything
+else lives here, once: group commit, encoding and decoding, skipping records that
+cannot be decoded, and tails that survive a backend outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import NamedTuple
+
+import msgspec
+
+from .codec import Record, decode_event, encode_event
+from .errors import CodecError, EventLogError, LogUnavailable
+from .events import Event, OwnerClaimed, OwnerReleased
+
+__all__ = [
+    "Append",
+    "Claim",
+    "EventLog",
+    "LogStats",
+    "Operation",
+    "Release",
+    "Row",
+    "StoredEvent",
+]
+
+logger = logging.getLogger("sessionlog.eventlog")
+
+# Limits
+MAX_BATCH_EVENTS = 2_000  # events in one group commit; bounds transaction size and latency
+TAIL_RETRY_MAX = 2.0  # seconds between a tail's attempts while the backend is down
+
+
+class StoredEvent(NamedTuple):
+    """An encoded event on its way into storage."""
+
+    event_id: str
+    session_id: str | None
+    data: bytes
+
+
+class Row(NamedTuple):
+    """A record as storage returns it, before decoding."""
+
+    position: int
+    at: float
+    worker: str
+    data: bytes
+
+
+class Append(NamedTuple):
+    worker: str
+    events: list[StoredEvent]
+
+
+class Claim(NamedTuple):
+    session_id: str
+    worker: str
+    expected: str | None
+    event: StoredEvent  # the OwnerClaimed to append if the compare-and-set succeeds
+
+
+class Release(NamedTuple):
+    session_id: str
+    worker: str
+    event: StoredEvent  # the OwnerReleased to append if ``worker`` owned the session
+
+
+Operation = Append | Claim | Release
+
+
+class LogStats(msgspec.Struct, kw_only=True):
+    """Counters a log keeps about itself (process-local)."""
+
+    commits: int = 0  # transactions (or pipelines) written
+    operations: int = 0  # append/claim/release calls those commits carried
+    undecodable: int = 0  # distinct records skipped because they could not be decoded
+
+
+def _stored(event: Event) -> StoredEvent:
+    return StoredEvent(event.id, getattr(event, "session_id", None), encode_event(event))
+
+
+class _Wakeup:
+    """Wakes tails of this process when something may have been appended."""
+
+    def __init__(self) -> None:
+        # Bumped on every wake-up, so a waiter that read before a bump never sleeps past it.
+        self.generation = 0
+        self._event = asyncio.Event()
+
+    def notify(self) -> None:
+        self.generation += 1
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, generation: int, timeout: float | None) -> None:
+        if generation != self.generation:
+            return
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout)
+        except TimeoutError:
+            pass
+
+
+class EventLog(ABC):
+    """One ordered, durable log of events.
+
+    Ordering: every record gets a position, strictly increasing from 1 with no gaps.
+    A reader never sees position ``p + 1`` before ``p``.
+
+    Idempotency: appending an event whose id is already in the log stores nothing
+    and returns the existing position.
+
+    Atomicity: the events of one :meth:`append` call are stored together or not at
+    all; :meth:`claim` and :meth:`release` change the owner and append their event
+    in one atomic step.
+
+    Group commit: concurrent calls from one process share one transaction (or
+    pipeline), up to a bounded batch; a lone call is written at once.
+
+    Errors: a backend that cannot be reached raises :class:`LogUnavailable`; the
+    same object works again once it is back. Nothing else from a driver escapes.
+    """
+
+    def __init__(self, *, url: str, clock: Callable[[], float] = time.time) -> None:
+        # Shown in errors and logs; never carries credentials.
+        self.url = url
+        # Wall time of appends; injectable so tests control it.
+        self.clock = clock
+        self.stats = LogStats()
+        self._wakeup = _Wakeup()
+        # Group commit: operations waiting for the flusher, each with its caller's future.
+        self._pending: deque[tuple[Operation, asyncio.Future[object]]] = deque()
+        self._flusher: asyncio.Task[None] | None = None
+        # Positions already reported as undecodable, so each is logged and counted once.
+        self._undecodable: set[int] = set()
+        self._closed = False
+
+    # -- the contract ------------------------------------------------------------
+
+    async def append(self, events: Sequence[Event], *, worker: str) -> list[int]:
+        """Append ``events`` atomically, in order; return their positions.
+
+        An event whose id is already in the log is not stored again: its existing
+        position is returned in its place.
+
+        Raises:
+            LogUnavailable: the backend cannot be reached; nothing was acknowledged.
+            CodecError: an event cannot be encoded.
+        """
+        if not events:
+            return []
+        result = await self._submit(Append(worker, [_stored(event) for event in events]))
+        assert isinstance(result, list)
+        return result
+
+    async def read(self, after: int = 0, limit: int = 1000) -> list[Record]:
+        """Return up to ``limit`` records with positions above ``after``, in order.
+
+        Records that cannot be decoded are skipped (and counted in
+        ``stats.undecodable``), so fewer than ``limit`` may come back even when more
+        follow; continue from the last position returned, or use :meth:`tail`.
+        """
+        return self._decode(await self._read_rows(after, limit))
+
+    async def tail(self, after: int = 0, *, limit: int = 1000) -> AsyncIterator[Record]:
+        """Yield every record after ``after``, in order, then wait for new ones, forever.
+
+        One tail serves a whole worker: it costs one wait on the backend (a blocking
+        read, a notification channel or a head poll), never one per session. While
+        the backend is down the tail retries with backoff and resumes where it was.
+        """
+        position = after
+        delay = 0.01
+        while True:
+            try:
+                rows = await self._tail_rows(position, limit)
+            except LogUnavailable as exc:
+                if delay == 0.01:
+                    logger.warning("tail of %s waiting for the backend: %s", self.url, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, TAIL_RETRY_MAX)
+                continue
+            delay = 0.01
+            position = rows[-1].position
+            for record in self._decode(rows):
+                yield record
+
+    async def head(self) -> int:
+        """Return the last position in the log, 0 when it is empty."""
+        return await self._head()
+
+    async def claim(self, session_id: str, worker: str, expected: str | None = None) -> str | None:
+        """Compare-and-set the owner of ``session_id``; return the owner after the call.
+
+        If the current owner is ``expected`` (None: no owner), ``worker`` becomes the
+        owner and an :class:`OwnerClaimed` event is appended in the same atomic step.
+        Otherwise nothing changes. Either way the effective owner is returned, so of
+        many concurrent claimers exactly one wins and all learn who.
+        """
+        event = OwnerClaimed(session_id=session_id, owner=worker, previous=expected)
+        owner = await self._submit(Claim(session_id, worker, expected, _stored(event)))
+        assert owner is None or isinstance(owner, str)
+        return owner
+
+    async def release(self, session_id: str, worker: str) -> bool:
+        """Give up ownership of ``session_id`` if ``worker`` holds it.
+
+        Appends :class:`OwnerReleased` in the same atomic step. Returns whether
+        ``worker`` was the owner.
+        """
+        event = OwnerReleased(session_id=session_id, owner=worker)
+        released = await self._submit(Release(session_id, worker, _stored(event)))
+        return bool(released)
+
+    async def close(self) -> None:
+        """Finish pending writes and release connections. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        await self._close()
+
+    async def __aenter__(self) -> EventLog:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- what a backend implements ----------------------------------------------
+
+    @abstractmethod
+    async def _commit(self, operations: list[Operation]) -> list[object]:
+        """Apply ``operations`` in order in one transaction; one result per operation.
+
+        Results: positions (list[int]) for Append, the effective owner for Claim,
+        whether it released for Release.
+        """
+
+    @abstractmethod
+    async def _read_rows(self, after: int, limit: int) -> list[Row]: ...
+
+    @abstractmethod
+    async def _head(self) -> int: ...
+
+    @abstractmethod
+    async def _close(self) -> None: ...
+
+    async def _wait(self, after: int, generation: int) -> None:
+        """Return when records after ``after`` may exist. Default: an append in this process."""
+        await self._wakeup.wait(generation, None)
+
+    async def _tail_rows(self, after: int, limit: int) -> list[Row]:
+        """Return at least one row after ``after``, waiting as long as it takes."""
+        while True:
+            generation = self._wakeup.generation
+            rows = await self._read_rows(after, limit)
+            if rows:
+                return rows
+            await self._wait(after, generation)
+
+    # -- shared machinery --------------------------------------------------------
+
+    def _decode(self, rows: list[Row]) -> list[Record]:
+        records = []
+        for position, at, worker, data in rows:
+            try:
+                event = decode_event(data)
+            except CodecError as exc:
+                self._skip(position, exc)
+                continue
+            records.append(Record(position=position, at=at, worker=worker, event=event))
+        return records
+
+    def _skip(self, position: int, exc: CodecError) -> None:
+        if position in self._undecodable:
+            return
+        self._undecodable.add(position)
+        self.stats.undecodable += 1
+        logger.warning("skipping undecodable record %d in %s: %s", position, self.url, exc)
+
+    async def _submit(self, operation: Operation) -> object:
+        if self._closed:
+            raise EventLogError(f"{self.url} is closed")
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self._pending.append((operation, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, size = [], 0
+            while self._pending and size < MAX_BATCH_EVENTS:
+                operation, future = self._pending.popleft()
+                batch.append((operation, future))
+                size += len(operation.events) if isinstance(operation, Append) else 1
+            try:
+                results = await self._commit([operation for operation, _ in batch])
+            except Exception as exc:  # every caller of the batch learns why it failed
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            self.stats.commits += 1
+            self.stats.operations += len(batch)
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+            self._wakeup.notify()

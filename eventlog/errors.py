@@ -1,0 +1,34 @@
+"""Errors raised by event logs.
+
+Every error an :class:`~eventlog.base.EventLog` raises is one of these; no driver
+exception crosses the contract::
+
+    EventLogError
+    ├── LogUnavailable      (also a ConnectionError)
+    ├── CodecError          (also a ValueError)
+    └── UnsupportedURL      (also a ValueError)
+"""
+
+from __future__ import annotations
+
+__all__ = ["CodecError", "EventLogError", "LogUnavailable", "UnsupportedURL"]
+
+
+class EventLogError(Exception):
+    """Base class of every error an event log raises."""
+
+
+class LogUnavailable(EventLogError, ConnectionError):
+    """Raised when the log's backend cannot be reached or refuses work for now.
+
+    The same log object works again once the backend is back; nothing needs to be
+    reopened. The message names the backend by its URL with credentials removed.
+    """
+
+
+class CodecError(EventLogError, ValueError):
+    """Raised when bytes cannot be decoded into an event, or an event cannot be encoded."""
+
+
+class UnsupportedURL(EventLogError, ValueError):
+    """Raised when :func:`~eventlog.factory.open_log` is given a URL it cannot open."""

@@ -1,0 +1,122 @@
+"""The events of the session log: one msgspec tagged union.
+
+Schema evolution follows msgspec's rules: a new field gets a default, a field is
+never retyped or renamed, and a new event type is a new tag. A reader that meets a
+tag or shape it does not know skips that record (see :mod:`eventlog.base`).
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any, Literal
+
+import msgspec
+
+__all__ = [
+    "BaseEvent",
+    "CapabilitiesRecorded",
+    "ClientMessage",
+    "CloseReason",
+    "Event",
+    "MessageHandled",
+    "OwnerClaimed",
+    "OwnerReleased",
+    "ServerMessage",
+    "SessionClosed",
+    "SessionOpened",
+    "WorkerHeartbeat",
+    "WorkerStarted",
+    "WorkerStopped",
+    "new_event_id",
+]
+
+
+def new_event_id() -> str:
+    """A fresh, unguessable event id (128 random bits, hex)."""
+    return secrets.token_hex(16)
+
+
+class BaseEvent(msgspec.Struct, frozen=True, kw_only=True, tag=True, tag_field="type", gc=False):
+    # Appending an id that is already in the log stores nothing: callers that need
+    # exactly-once effects (expiry, takeover) pass a deterministic id.
+    id: str = msgspec.field(default_factory=new_event_id)
+
+
+CloseReason = Literal["client", "disconnected", "expired", "removed", "worker_lost"]
+
+
+class SessionOpened(BaseEvent, frozen=True, kw_only=True):
+    session_id: str
+    transport: str
+    user: str | None = None
+
+
+class SessionClosed(BaseEvent, frozen=True, kw_only=True):
+    session_id: str
+    reason: CloseReason
+
+
+class OwnerClaimed(BaseEvent, frozen=True, kw_only=True):
+    session_id: str
+    owner: str
+    previous: str | None = None
+
+
+class OwnerReleased(BaseEvent, frozen=True, kw_only=True):
+    session_id: str
+    owner: str
+
+
+class ClientMessage(BaseEvent, frozen=True, kw_only=True):
+    session_id: str
+    # Raw JSON-RPC bytes as the client sent them; never re-parsed on the way through.
+    payload: bytes
+
+
+class ServerMessage(BaseEvent, frozen=True, kw_only=True):
+    session_id: str
+    payload: bytes
+    # Event id of the ClientMessage this answers; None for server-initiated messages.
+    reply_to: str | None = None
+
+
+class MessageHandled(BaseEvent, frozen=True, kw_only=True):
+    session_id: str
+    # Event id of the ClientMessage that was handled (or given up on).
+    message_id: str
+    outcome: Literal["handled", "expired"] = "handled"
+
+
+class CapabilitiesRecorded(BaseEvent, frozen=True, kw_only=True):
+    session_id: str
+    protocol_version: str
+    client_info: dict[str, Any] = {}
+    capabilities: dict[str, Any] = {}
+
+
+class WorkerStarted(BaseEvent, frozen=True, kw_only=True):
+    host: str = ""
+    pid: int = 0
+
+
+class WorkerHeartbeat(BaseEvent, frozen=True, kw_only=True):
+    pass
+
+
+class WorkerStopped(BaseEvent, frozen=True, kw_only=True):
+    pass
+
+
+Event = (
+    SessionOpened
+    | SessionClosed
+    | OwnerClaimed
+    | OwnerReleased
+    | ClientMessage
+    | ServerMessage
+    | MessageHandled
+    | CapabilitiesRecorded
+    | WorkerStarted
+    | WorkerHeartbeat
+    | WorkerStopped
+)

