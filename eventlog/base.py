@@ -1,14 +1,16 @@
 """The EventLog contract, and the machinery every backend shares.
 
 A backend implements four primitives (``_commit``, ``_read_rows``, ``_head`` and
-``_close``), each raising only :mod:`eventlog.errors`, and may refine how a tail waits (``_wait`` or ``_tail_rows``). Everything
-else lives here, once: group commit, encoding and decoding, skipping records that
-cannot be decoded, and tails that survive a backend outage.
+``_close``), each raising only :mod:`eventlog.errors`, and may refine how a tail
+waits (``_wait`` or ``_tail_rows``). Everything else lives here, once: group commit,
+encoding and decoding, skipping records that cannot be decoded, and tails that
+survive a backend outage.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -103,13 +105,11 @@ class _Wakeup:
         self._event.set()
         self._event = asyncio.Event()
 
-    async def wait(self, generation: int, timeout: float | None) -> None:
+    async def wait(self, generation: int, at_most: float | None) -> None:
         if generation != self.generation:
             return
-        try:
-            await asyncio.wait_for(self._event.wait(), timeout)
-        except TimeoutError:
-            pass
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), at_most)
 
 
 class EventLog(ABC):

@@ -191,4 +191,3 @@ class RedisEventLog(EventLog):
     async def _close(self) -> None:
         with contextlib.suppress(redis_exc.RedisError, OSError):
             await self._redis.aclose()
-

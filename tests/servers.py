@@ -123,8 +123,16 @@ class PostgresServer(_Server):
             self.log.touch()
             shutil.chown(self.log, self.user)
         subprocess.run(
-            [str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust",
-             "--encoding=utf8", "--no-sync"],
+            [
+                str(self.bin / "initdb"),
+                "-D",
+                str(self.data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=utf8",
+                "--no-sync",
+            ],
             check=True,
             capture_output=True,
             **self.popen_options(),  # type: ignore[arg-type]
@@ -140,11 +148,16 @@ class PostgresServer(_Server):
     def command(self) -> list[str]:
         return [
             str(self.bin / "postgres"),
-            "-D", str(self.data),
-            "-p", str(self.port),
-            "-h", "127.0.0.1",
-            "-k", str(self.sockets),
-            "-c", "max_connections=300",
+            "-D",
+            str(self.data),
+            "-p",
+            str(self.port),
+            "-h",
+            "127.0.0.1",
+            "-k",
+            str(self.sockets),
+            "-c",
+            "max_connections=300",
         ]
 
     def is_ready(self) -> bool:
@@ -174,13 +187,20 @@ class RedisServer(_Server):
         # appendfsync always: an acknowledged append survives a kill -9.
         return [
             str(self.binary),
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", str(self.directory),
-            "--appendonly", "yes",
-            "--appendfsync", "always",
-            "--save", "",
-            "--daemonize", "no",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.directory),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
         ]
 
     def is_ready(self) -> bool:

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from eventlog import EventLog, SQLEventLog, open_log
+from tests.eventlog.contract import SharedEventLogContract
+
+
+class TestSQLiteEventLog(SharedEventLogContract):
+    @pytest.fixture
+    async def log_url(self, tmp_path: Path) -> str:
+        return f"sqlite:///{tmp_path}/log.db"
+
+    @pytest.fixture
+    async def push_log_url(self, log_url: str) -> str:
+        return log_url  # SQLite has no push: its tail polls the head, once per worker
+
+    async def write_raw(self, log: EventLog, data: bytes) -> None:
+        assert isinstance(log, SQLEventLog)
+        with sqlite3.connect(log._path) as db:
+            query = "SELECT coalesce(max(position), 0) FROM sessionlog_events"
+            (head,) = db.execute(query).fetchone()
+            db.execute(
+                "INSERT INTO sessionlog_events (position, event_id, at, worker, data) "
+                "VALUES (?, ?, 0, 'raw', ?)",
+                (head + 1, f"raw{head + 1}", data),
+            )
+
+
+@pytest.mark.parametrize("durability", ["off", "normal", "full"])
+async def test_durability_is_configurable(tmp_path: Path, durability: str) -> None:
+    log = await open_log(f"sqlite:///{tmp_path}/log.db?durability={durability}")
+    try:
+        async with log._writer.connect() as conn:  # type: ignore[attr-defined]
+            level = (await conn.exec_driver_sql("PRAGMA synchronous")).scalar()
+            mode = (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar()
+        assert level == {"off": 0, "normal": 1, "full": 2}[durability]
+        assert mode == "wal"
+    finally:
+        await log.close()
+
+
+async def test_relative_path_is_relative_to_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    log = await open_log("sqlite:///here.db")
+    await log.close()
+    assert (tmp_path / "here.db").exists()
