@@ -22,8 +22,10 @@ from .events import (
 )
 from .factory import open_log
 from .memory import MemoryEventLog
+from .postgres import PostgresEventLog
 from .redis_streams import RedisEventLog
 from .sql import SQLEventLog
+from .sqlite import SQLiteEventLog
 
 __all__ = [
     "BaseEvent",
@@ -40,9 +42,11 @@ __all__ = [
     "MessageHandled",
     "OwnerClaimed",
     "OwnerReleased",
+    "PostgresEventLog",
     "Record",
     "RedisEventLog",
     "SQLEventLog",
+    "SQLiteEventLog",
     "ServerMessage",
     "SessionClosed",
     "SessionOpened",

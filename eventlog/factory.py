@@ -9,8 +9,9 @@ from ._urls import redact
 from .base import EventLog
 from .errors import UnsupportedURL
 from .memory import MemoryEventLog
+from .postgres import PostgresEventLog
 from .redis_streams import RedisEventLog
-from .sql import SQLEventLog
+from .sqlite import SQLiteEventLog
 
 __all__ = ["open_log"]
 
@@ -42,16 +43,16 @@ async def open_log(url: str, **options: Any) -> EventLog:
     scheme = urlsplit(url).scheme.lower()
     driver_url, url_options = _split_options(url)
     options = {**url_options, **options}
-    log: SQLEventLog | RedisEventLog
+    log: SQLiteEventLog | PostgresEventLog | RedisEventLog
     try:
         if scheme == "memory":
             return MemoryEventLog(url=url, **options)
         if scheme in ("sqlite", "sqlite+aiosqlite"):
             if not urlsplit(url).path.lstrip("/"):
                 raise UnsupportedURL(f"{redact(url)}: a SQLite URL needs a file path")
-            log = SQLEventLog(driver_url, **options)
+            log = SQLiteEventLog(driver_url, **options)
         elif scheme in ("postgresql", "postgres", "postgresql+asyncpg"):
-            log = SQLEventLog(driver_url.replace("postgres://", "postgresql://", 1), **options)
+            log = PostgresEventLog(driver_url, **options)
         elif scheme in ("redis", "rediss", "unix"):
             log = RedisEventLog(driver_url, **options)
         else:

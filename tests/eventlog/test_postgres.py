@@ -21,7 +21,7 @@ class TestPostgresEventLog(ServerEventLogContract):
         return f"{log_url}&notify_fallback=3600"  # only NOTIFY can wake the tail
 
     async def write_raw(self, log: EventLog, data: bytes) -> None:
-        async with log._writer.begin() as conn:  # type: ignore[attr-defined]
+        async with log._engine.begin() as conn:  # type: ignore[attr-defined]
             events = log._schema.events  # type: ignore[attr-defined]
             head = (await conn.execute(log._schema.head)).scalar_one()  # type: ignore[attr-defined]
             await conn.execute(

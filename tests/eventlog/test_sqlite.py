@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from eventlog import EventLog, SQLEventLog, open_log
+from eventlog import EventLog, SQLiteEventLog, open_log
 from tests.eventlog.contract import SharedEventLogContract
 
 
@@ -19,7 +19,7 @@ class TestSQLiteEventLog(SharedEventLogContract):
         return log_url  # SQLite has no push: its tail polls the head, once per worker
 
     async def write_raw(self, log: EventLog, data: bytes) -> None:
-        assert isinstance(log, SQLEventLog)
+        assert isinstance(log, SQLiteEventLog)
         with sqlite3.connect(log._path) as db:
             query = "SELECT coalesce(max(position), 0) FROM sessionlog_events"
             (head,) = db.execute(query).fetchone()
@@ -34,9 +34,9 @@ class TestSQLiteEventLog(SharedEventLogContract):
 async def test_durability_is_configurable(tmp_path: Path, durability: str) -> None:
     log = await open_log(f"sqlite:///{tmp_path}/log.db?durability={durability}")
     try:
-        async with log._writer.connect() as conn:  # type: ignore[attr-defined]
-            level = (await conn.exec_driver_sql("PRAGMA synchronous")).scalar()
-            mode = (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar()
+        with log._writer.connect() as conn:  # type: ignore[attr-defined]
+            level = conn.exec_driver_sql("PRAGMA synchronous").scalar()
+            mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
         assert level == {"off": 0, "normal": 1, "full": 2}[durability]
         assert mode == "wal"
     finally:

