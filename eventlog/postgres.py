@@ -48,6 +48,9 @@ class PostgresEventLog(SQLEventLog):
             make_url(url).set(drivername="postgresql+asyncpg"),
             pool_size=pool_size,
             pool_pre_ping=True,
+            # One INSERT text for every batch size, sent through asyncpg's pipelined
+            # executemany: multi-row VALUES would prepare a new statement per size.
+            use_insertmanyvalues=False,
             connect_args={"timeout": connect_timeout},
         )
         self._listen_conn: AsyncConnection | None = None
