@@ -19,7 +19,7 @@ __all__ = ["SQLSchema"]
 
 
 class SQLSchema:
-    """The events and owners tables of one namespace."""
+    """The events, owners and snapshots tables of one namespace."""
 
     def __init__(self, namespace: str) -> None:
         self.metadata = MetaData()
@@ -44,6 +44,13 @@ class SQLSchema:
             self.metadata,
             Column("session_id", String(128), primary_key=True),
             Column("owner", String(128), nullable=False),
+        )
+        self.snapshots = Table(
+            f"{namespace}_snapshots",
+            self.metadata,
+            Column("name", String(64), primary_key=True),
+            Column("position", BigInteger, nullable=False),
+            Column("data", LargeBinary, nullable=False),
         )
         events = self.events
         self.head = select(func.coalesce(func.max(events.c.position), 0))

@@ -1,10 +1,11 @@
 """The EventLog contract, and the machinery every backend shares.
 
-A backend implements four primitives (``_commit``, ``_read_rows``, ``_head`` and
-``_close``), each raising only :mod:`eventlog.errors`, and may refine how a tail
-waits (``_wait`` or ``_tail_rows``). Everything else lives here, once: group commit,
-encoding and decoding, skipping records that cannot be decoded, and tails that
-survive a backend outage.
+A backend implements its primitives (``_commit``, ``_read_rows``, ``_head``,
+``_save_snapshot``, ``_load_snapshot`` and ``_close``), each raising only
+:mod:`eventlog.errors`, and may refine how a tail waits (``_wait`` or
+``_tail_rows``). Everything else lives here, once: group commit, encoding and
+decoding, skipping records that cannot be decoded, and tails that survive a
+backend outage.
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ MAX_BATCH_EVENTS = 2_000  # events in one group commit; bounds transaction size 
 TAIL_RETRY_MAX = 2.0  # seconds between a tail's attempts while the backend is down
 
 
-class StoredEvent(NamedTuple):
+# Structs without GC tracking: a log holds millions of these, and tracked tuples
+# would make every garbage collection walk them all.
+class StoredEvent(msgspec.Struct, array_like=True, gc=False):
     """An encoded event on its way into storage."""
 
     event_id: str
@@ -50,7 +53,7 @@ class StoredEvent(NamedTuple):
     data: bytes
 
 
-class Row(NamedTuple):
+class Row(msgspec.Struct, array_like=True, gc=False):
     """A record as storage returns it, before decoding."""
 
     position: int
@@ -171,7 +174,13 @@ class EventLog(ABC):
         ``stats.undecodable``), so fewer than ``limit`` may come back even when more
         follow; continue from the last position returned, or use :meth:`tail`.
         """
-        return self._decode(await self._read_rows(after, limit))
+        return (await self.read_page(after, limit))[0]
+
+    async def read_page(self, after: int = 0, limit: int = 1000) -> tuple[list[Record], int]:
+        """Like :meth:`read`, and also the position reached: that of the last row
+        looked at, decodable or not (``after`` when there was none). Continue from it."""
+        rows = await self._read_rows(after, limit)
+        return self._decode(rows), (rows[-1].position if rows else after)
 
     async def tail(self, after: int = 0, *, limit: int = 1000) -> AsyncIterator[Record]:
         """Yield every record after ``after``, in order, then wait for new ones, forever.
@@ -223,6 +232,18 @@ class EventLog(ABC):
         released = await self._submit(Release(session_id, worker, _stored(event)))
         return bool(released)
 
+    async def save_snapshot(self, name: str, position: int, data: bytes) -> None:
+        """Store ``data`` as snapshot ``name`` taken at ``position``, beside the log.
+
+        Only the newest is kept: a snapshot older than the stored one is ignored, so
+        workers saving the same snapshot at once do no harm.
+        """
+        await self._save_snapshot(name, position, data)
+
+    async def load_snapshot(self, name: str) -> bytes | None:
+        """The newest snapshot stored under ``name``, or None."""
+        return await self._load_snapshot(name)
+
     async def close(self) -> None:
         """Finish pending writes and release connections. Idempotent."""
         if self._closed:
@@ -257,6 +278,12 @@ class EventLog(ABC):
     @abstractmethod
     async def _close(self) -> None: ...
 
+    @abstractmethod
+    async def _save_snapshot(self, name: str, position: int, data: bytes) -> None: ...
+
+    @abstractmethod
+    async def _load_snapshot(self, name: str) -> bytes | None: ...
+
     async def _wait(self, after: int, generation: int) -> None:
         """Return when records after ``after`` may exist. Default: an append in this process."""
         await self._wakeup.wait(generation, None)
@@ -274,13 +301,13 @@ class EventLog(ABC):
 
     def _decode(self, rows: list[Row]) -> list[Record]:
         records = []
-        for position, at, worker, data in rows:
+        for row in rows:
             try:
-                event = decode_event(data)
+                event = decode_event(row.data)
             except CodecError as exc:
-                self._skip(position, exc)
+                self._skip(row.position, exc)
                 continue
-            records.append(Record(position=position, at=at, worker=worker, event=event))
+            records.append(Record(position=row.position, at=row.at, worker=row.worker, event=event))
         return records
 
     def _skip(self, position: int, exc: CodecError) -> None:

@@ -7,7 +7,8 @@ tag or shape it does not know skips that record (see :mod:`eventlog.base`).
 
 from __future__ import annotations
 
-import secrets
+import os
+import time
 from typing import Any, Literal
 
 import msgspec
@@ -32,8 +33,10 @@ __all__ = [
 
 
 def new_event_id() -> str:
-    """A fresh, unguessable event id (128 random bits, hex)."""
-    return secrets.token_hex(16)
+    """A fresh unique event id: 32 hex digits, microseconds since the epoch then 72
+    random bits. Time first, so ids arrive in nearly sorted order and the unique
+    index on them grows at its right edge instead of touching pages at random."""
+    return f"{time.time_ns() // 1000:014x}{os.urandom(9).hex()}"
 
 
 class BaseEvent(msgspec.Struct, frozen=True, kw_only=True, tag=True, tag_field="type", gc=False):

@@ -20,13 +20,15 @@ class MemoryEventLog(EventLog):
         self._rows: list[Row] = []  # row i holds position i + 1
         self._positions: dict[str, int] = {}  # event id -> position
         self._owners: dict[str, str] = {}
+        self._snapshots: dict[str, tuple[int, bytes]] = {}
 
     def _store(self, at: float, worker: str, event: StoredEvent) -> int:
-        position = self._positions.get(event.event_id)
+        positions = self._positions
+        position = positions.get(event.event_id)
         if position is None:
-            position = len(self._rows) + 1
-            self._rows.append(Row(position, at, worker, event.data))
-            self._positions[event.event_id] = position
+            rows = self._rows
+            position = positions[event.event_id] = len(rows) + 1
+            rows.append(Row(position, at, worker, event.data))
         return position
 
     async def _commit(self, operations: list[Operation]) -> list[object]:
@@ -35,7 +37,8 @@ class MemoryEventLog(EventLog):
         results: list[object] = []
         for operation in operations:
             if isinstance(operation, Append):
-                results.append([self._store(at, operation.worker, e) for e in operation.events])
+                store, worker = self._store, operation.worker
+                results.append([store(at, worker, e) for e in operation.events])
             elif isinstance(operation, Claim):
                 current = self._owners.get(operation.session_id)
                 if current == operation.expected:
@@ -58,6 +61,14 @@ class MemoryEventLog(EventLog):
 
     async def _head(self) -> int:
         return len(self._rows)
+
+    async def _save_snapshot(self, name: str, position: int, data: bytes) -> None:
+        if position > self._snapshots.get(name, (-1, b""))[0]:
+            self._snapshots[name] = (position, data)
+
+    async def _load_snapshot(self, name: str) -> bytes | None:
+        stored = self._snapshots.get(name)
+        return None if stored is None else stored[1]
 
     async def _close(self) -> None:
         self._wakeup.notify()

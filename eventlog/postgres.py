@@ -56,6 +56,19 @@ class PostgresEventLog(SQLEventLog):
         self._listen_conn: AsyncConnection | None = None
         self._listen_driver: Any = None
 
+    @property
+    def _known_ids_sql(self) -> str:
+        table = self._schema.events.name
+        # A join with unnest, not "= ANY($1)": once asyncpg's prepared statement goes
+        # to a generic plan, ANY over a long array can fall back to a sequential scan.
+        return (
+            f"SELECT e.event_id, e.position FROM unnest($1::varchar[]) AS ids(id) "
+            f"JOIN {table} AS e ON e.event_id = ids.id"
+        )
+
+    def _ids_parameter(self, ids: list[str]) -> object:
+        return ids
+
     async def _open(self) -> None:
         with self._translate_errors():
             async with self._engine.begin() as conn:
@@ -81,6 +94,17 @@ class PostgresEventLog(SQLEventLog):
         with self._translate_errors():
             async with self._engine.connect() as conn:
                 return (await conn.execute(self._schema.head)).scalar_one()
+
+    async def _save_snapshot(self, name: str, position: int, data: bytes) -> None:
+        with self._translate_errors():
+            async with self._engine.begin() as conn:
+                await conn.execute(self._lock)
+                await conn.run_sync(self._store_snapshot, name, position, data)
+
+    async def _load_snapshot(self, name: str) -> bytes | None:
+        with self._translate_errors():
+            async with self._engine.connect() as conn:
+                return (await conn.execute(self._snapshot_query(name))).scalar()
 
     async def _wait(self, after: int, generation: int) -> None:
         if self._listen_driver is None or self._listen_driver.is_closed():

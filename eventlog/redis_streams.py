@@ -1,10 +1,10 @@
 """RedisEventLog: Redis Streams through redis-py asyncio (hiredis).
 
 The stream's entry ids are ``0-<position>``, so a position is the entry id's
-sequence part and ``XREAD BLOCK`` after ``0-<p>`` is a tail after ``p``. Appends,
-claims and releases are Lua scripts: each is atomic on the server, deduplicates
-event ids in a hash and assigns positions from a counter. A group commit sends
-every pending script in one pipeline.
+sequence part and ``XREAD BLOCK`` after ``0-<p>`` is a tail after ``p``. A group
+commit (appends, claims and releases together) is one Lua script call: atomic on
+the server, it deduplicates event ids in a hash and assigns positions from a
+counter.
 """
 
 from __future__ import annotations
@@ -25,57 +25,82 @@ from .errors import EventLogError, LogUnavailable
 
 __all__ = ["RedisEventLog"]
 
-# Shared by the scripts: store ARGV[i..i+2] (event id, at, data) unless the id is known.
-_STORE = """
-local function store(worker, id, at, data)
-  local position = redis.call('HGET', KEYS[3], id)
+# One group commit, applied atomically on the server. KEYS: events stream, head
+# counter, id -> position hash, owners hash. ARGV: the time, then the operations:
+#   'a', worker, n, then n (event id, data) pairs   -> the positions
+#   'c', session, worker, expected ('' = none), event id, data   -> the owner after
+#   'r', session, worker, event id, data   -> 1 if released, else 0
+_COMMIT = """
+local at = ARGV[1]
+local head = tonumber(redis.call('GET', KEYS[2]) or '0')
+local new_ids = {}
+local function store(worker, id, data)
+  local position = new_ids[id] or redis.call('HGET', KEYS[3], id)
   if not position then
-    position = redis.call('INCR', KEYS[2])
+    head = head + 1
+    position = head
     redis.call('XADD', KEYS[1], '0-' .. position, 't', at, 'w', worker, 'd', data)
-    redis.call('HSET', KEYS[3], id, position)
+    new_ids[id] = position
+    new_ids[#new_ids + 1] = id
   end
   return tonumber(position)
 end
+local results = {}
+local i = 2
+while i <= #ARGV do
+  local kind = ARGV[i]
+  if kind == 'a' then
+    local worker, n, positions = ARGV[i + 1], tonumber(ARGV[i + 2]), {}
+    i = i + 3
+    for _ = 1, n do
+      positions[#positions + 1] = store(worker, ARGV[i], ARGV[i + 1])
+      i = i + 2
+    end
+    results[#results + 1] = positions
+  elseif kind == 'c' then
+    local session, worker, expected = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+    local current = redis.call('HGET', KEYS[4], session) or ''
+    if current == expected then
+      redis.call('HSET', KEYS[4], session, worker)
+      store(worker, ARGV[i + 4], ARGV[i + 5])
+      current = worker
+    end
+    results[#results + 1] = current
+    i = i + 6
+  else
+    local session, worker = ARGV[i + 1], ARGV[i + 2]
+    local released = 0
+    if redis.call('HGET', KEYS[4], session) == worker then
+      redis.call('HDEL', KEYS[4], session)
+      store(worker, ARGV[i + 3], ARGV[i + 4])
+      released = 1
+    end
+    results[#results + 1] = released
+    i = i + 5
+  end
+end
+if #new_ids > 0 then
+  redis.call('SET', KEYS[2], head)
+  -- Record the new ids in chunks: Lua's unpack has a bounded stack.
+  for first = 1, #new_ids, 500 do
+    local pairs = {}
+    for j = first, math.min(first + 499, #new_ids) do
+      pairs[#pairs + 1] = new_ids[j]
+      pairs[#pairs + 1] = new_ids[new_ids[j]]
+    end
+    redis.call('HSET', KEYS[3], unpack(pairs))
+  end
+end
+return results
 """
 
-# ARGV: worker, at, then (event id, data) pairs.
-_APPEND = (
-    _STORE
-    + """
-local positions = {}
-for i = 3, #ARGV, 2 do
-  positions[#positions + 1] = store(ARGV[1], ARGV[i], ARGV[2], ARGV[i + 1])
+# KEYS: the snapshot hash. ARGV: position, data. Keeps the newest only.
+_SAVE_SNAPSHOT = """
+local current = redis.call('HGET', KEYS[1], 'position')
+if not current or tonumber(current) < tonumber(ARGV[1]) then
+  redis.call('HSET', KEYS[1], 'position', ARGV[1], 'data', ARGV[2])
 end
-return positions
 """
-)
-
-# ARGV: session, worker, expected ('' = none), at, event id, data. Returns the owner after.
-_CLAIM = (
-    _STORE
-    + """
-local current = redis.call('HGET', KEYS[4], ARGV[1]) or ''
-if current == ARGV[3] then
-  redis.call('HSET', KEYS[4], ARGV[1], ARGV[2])
-  store(ARGV[2], ARGV[5], ARGV[4], ARGV[6])
-  return ARGV[2]
-end
-return current
-"""
-)
-
-# ARGV: session, worker, at, event id, data. Returns 1 if released.
-_RELEASE = (
-    _STORE
-    + """
-if redis.call('HGET', KEYS[4], ARGV[1]) == ARGV[2] then
-  redis.call('HDEL', KEYS[4], ARGV[1])
-  store(ARGV[2], ARGV[4], ARGV[3], ARGV[5])
-  return 1
-end
-return 0
-"""
-)
 
 
 def _position(entry_id: bytes) -> int:
@@ -107,6 +132,7 @@ class RedisEventLog(EventLog):
         # One hash tag, so every key of a namespace lands on one cluster slot.
         self._keys = [f"{{{namespace}}}:{name}" for name in ("events", "head", "ids", "owners")]
         self._stream = self._keys[0]
+        self._snapshot_prefix = f"{{{namespace}}}:snapshot:"
         # How long one XREAD BLOCK waits before the tail asks again.
         self._block_ms = int(block * 1000)
         self._redis = aioredis.from_url(
@@ -115,9 +141,8 @@ class RedisEventLog(EventLog):
             socket_connect_timeout=connect_timeout,
             retry=Retry(ExponentialBackoff(cap=0.2, base=0.01), retries=2),
         )
-        self._append_script = self._redis.register_script(_APPEND)
-        self._claim_script = self._redis.register_script(_CLAIM)
-        self._release_script = self._redis.register_script(_RELEASE)
+        self._commit_script = self._redis.register_script(_COMMIT)
+        self._save_snapshot_script = self._redis.register_script(_SAVE_SNAPSHOT)
 
     async def _open(self) -> None:
         with self._translate_errors():
@@ -133,32 +158,20 @@ class RedisEventLog(EventLog):
             raise EventLogError(f"{self.url}: {exc}") from exc
 
     async def _commit(self, operations: list[Operation]) -> list[object]:
-        at = repr(self.clock())
-        calls: list[tuple[Any, list[Any]]] = []
+        args: list[Any] = [repr(self.clock())]
         for operation in operations:
             if isinstance(operation, Append):
-                args: list[Any] = [operation.worker, at]
+                args += ["a", operation.worker, len(operation.events)]
                 for event in operation.events:
                     args += [event.event_id, event.data]
-                calls.append((self._append_script, args))
             elif isinstance(operation, Claim):
-                event = operation.event
-                expected = operation.expected or ""
-                args = [operation.session_id, operation.worker, expected, at]
-                calls.append((self._claim_script, [*args, event.event_id, event.data]))
+                args += ["c", operation.session_id, operation.worker, operation.expected or ""]
+                args += [operation.event.event_id, operation.event.data]
             else:
-                event = operation.event
-                args = [operation.session_id, operation.worker, at]
-                calls.append((self._release_script, [*args, event.event_id, event.data]))
+                args += ["r", operation.session_id, operation.worker]
+                args += [operation.event.event_id, operation.event.data]
         with self._translate_errors():
-            if len(calls) == 1:  # one round trip, no pipeline bookkeeping
-                script, args = calls[0]
-                replies = [await script(self._keys, args)]
-            else:
-                pipe = self._redis.pipeline(transaction=False)
-                for script, args in calls:
-                    await script(self._keys, args, client=pipe)
-                replies = await pipe.execute()
+            replies = await self._commit_script(self._keys, args)
         results: list[object] = []
         for operation, reply in zip(operations, replies, strict=True):
             if isinstance(operation, Append):
@@ -187,6 +200,14 @@ class RedisEventLog(EventLog):
         with self._translate_errors():
             head = await self._redis.get(self._keys[1])
         return int(head or 0)
+
+    async def _save_snapshot(self, name: str, position: int, data: bytes) -> None:
+        with self._translate_errors():
+            await self._save_snapshot_script([self._snapshot_prefix + name], [position, data])
+
+    async def _load_snapshot(self, name: str) -> bytes | None:
+        with self._translate_errors():
+            return await self._redis.hget(self._snapshot_prefix + name, "data")
 
     async def _close(self) -> None:
         with contextlib.suppress(redis_exc.RedisError, OSError):

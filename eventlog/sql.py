@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
+from abc import abstractmethod
 from collections.abc import Callable, Iterator
 
 import asyncpg
@@ -24,14 +25,12 @@ from .errors import EventLogError, LogUnavailable
 
 __all__ = ["SQLEventLog"]
 
-# Limits
-IN_CHUNK = 500  # event ids per IN (...) lookup; well under every driver's parameter limit
-
 
 class SQLEventLog(EventLog):
     def __init__(self, url: str, *, namespace: str, clock: Callable[[], float] = time.time) -> None:
         super().__init__(url=redact(url), clock=clock)
         self._schema = SQLSchema(check_namespace(namespace))
+        self._insert: str | None = None
 
     @contextlib.contextmanager
     def _translate_errors(self) -> Iterator[None]:
@@ -60,11 +59,11 @@ class SQLEventLog(EventLog):
         Returns one result per operation and how many records were written. Runs
         synchronously: in a worker thread for SQLite, in ``run_sync`` for asyncpg.
         """
-        events, owners = self._schema.events, self._schema.owners
+        owners = self._schema.owners
         at = self.clock()
         head = conn.execute(self._schema.head).scalar_one()
         positions = self._known_positions(conn, operations)
-        new_rows: list[dict[str, object]] = []
+        new_rows: list[tuple[object, ...]] = []
 
         def store(worker: str, event: StoredEvent) -> int:
             nonlocal head
@@ -73,14 +72,7 @@ class SQLEventLog(EventLog):
                 head += 1
                 position = positions[event.event_id] = head
                 new_rows.append(
-                    {
-                        "position": position,
-                        "event_id": event.event_id,
-                        "session_id": event.session_id,
-                        "at": at,
-                        "worker": worker,
-                        "data": event.data,
-                    }
+                    (position, event.event_id, event.session_id, at, worker, event.data)
                 )
             return position
 
@@ -109,8 +101,30 @@ class SQLEventLog(EventLog):
                     store(operation.worker, operation.event)
                 results.append(owned)
         if new_rows:
-            conn.execute(insert(events), new_rows)
+            # Straight to the driver's executemany: SQLAlchemy's per-row parameter
+            # processing would cost more than the database's own work.
+            conn.exec_driver_sql(self._insert_sql(conn), new_rows)
         return results, len(new_rows)
+
+    def _insert_sql(self, conn: Connection) -> str:
+        """INSERT of one events row, all columns in table order, in the driver's paramstyle."""
+        if self._insert is None:
+            self._insert = str(insert(self._schema.events).compile(dialect=conn.dialect))
+        return self._insert
+
+    def _store_snapshot(self, conn: Connection, name: str, position: int, data: bytes) -> None:
+        """Keep the newest snapshot of ``name``; the caller holds the write lock."""
+        snapshots = self._schema.snapshots
+        where = snapshots.c.name == name
+        current = conn.execute(select(snapshots.c.position).where(where)).scalar()
+        if current is None:
+            conn.execute(insert(snapshots).values(name=name, position=position, data=data))
+        elif current < position:
+            conn.execute(snapshots.update().where(where).values(position=position, data=data))
+
+    def _snapshot_query(self, name: str):  # type: ignore[no-untyped-def]
+        snapshots = self._schema.snapshots
+        return select(snapshots.c.data).where(snapshots.c.name == name)
 
     def _known_positions(self, conn: Connection, operations: list[Operation]) -> dict[str, int]:
         ids = [
@@ -118,10 +132,14 @@ class SQLEventLog(EventLog):
             for operation in operations
             for e in (operation.events if isinstance(operation, Append) else [operation.event])
         ]
-        events = self._schema.events
-        known: dict[str, int] = {}
-        for start in range(0, len(ids), IN_CHUNK):
-            chunk = ids[start : start + IN_CHUNK]
-            query = select(events.c.event_id, events.c.position).where(events.c.event_id.in_(chunk))
-            known.update((row[0], row[1]) for row in conn.execute(query))
-        return known
+        # One statement and one parameter for the whole batch, in the driver's own terms.
+        return dict(conn.exec_driver_sql(self._known_ids_sql, (self._ids_parameter(ids),)).all())
+
+    @property
+    @abstractmethod
+    def _known_ids_sql(self) -> str:
+        """SELECT event_id, position of the stored events whose id is in one list parameter."""
+
+    @abstractmethod
+    def _ids_parameter(self, ids: list[str]) -> object:
+        """That list parameter, as the driver takes it."""

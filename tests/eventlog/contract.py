@@ -218,6 +218,19 @@ class EventLogContract:
         await event_log.append(heartbeats(1), worker="w")
         assert await asyncio.wait_for(tail, HANG_GUARD) == [1, 5, 9]
         assert event_log.stats.undecodable == 6
+        # read_page says how far it got, so a reader steps past undecodable rows too.
+        records, reached = await event_log.read_page(after=5, limit=3)
+        assert (records, reached) == ([], 8)
+
+    async def test_snapshots_keep_the_newest(self, event_log: EventLog) -> None:
+        assert await event_log.load_snapshot("registry") is None
+        await event_log.save_snapshot("registry", 10, b"at ten")
+        await event_log.save_snapshot("registry", 5, b"older, ignored")
+        await event_log.save_snapshot("other", 1, b"\x00binary\xff")
+        assert await event_log.load_snapshot("registry") == b"at ten"
+        await event_log.save_snapshot("registry", 20, b"at twenty")
+        assert await event_log.load_snapshot("registry") == b"at twenty"
+        assert await event_log.load_snapshot("other") == b"\x00binary\xff"
 
     async def test_closed_log_refuses_appends(self, log_url: str) -> None:
         log = await open_log(log_url)

@@ -1,0 +1,218 @@
+"""The registry projection: the log folded into sessions, owners, workers and messages.
+
+A deterministic fold: :meth:`RegistryProjection.apply` reads nothing but the record
+it is given (no I/O, no clock, no randomness), so every worker that folds the same
+log holds the same state, and a snapshot restored and brought forward equals a fold
+from the start. Questions that need the time (is a worker alive, is a session idle)
+take ``now`` as an argument instead of reading a clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import msgspec
+
+from eventlog import (
+    CapabilitiesRecorded,
+    ClientMessage,
+    MessageHandled,
+    OwnerClaimed,
+    OwnerReleased,
+    Record,
+    ServerMessage,
+    SessionClosed,
+    SessionOpened,
+    WorkerHeartbeat,
+    WorkerStarted,
+    WorkerStopped,
+)
+
+__all__ = [
+    "SERVER_HISTORY",
+    "PendingMessage",
+    "RegistryProjection",
+    "RegistryState",
+    "SentMessage",
+    "SessionState",
+    "WorkerState",
+]
+
+# Limits
+SERVER_HISTORY = 100  # server messages kept per open session, for resuming streams
+
+
+class PendingMessage(msgspec.Struct, array_like=True, gc=False):
+    """A client message appended but not yet handled."""
+
+    message_id: str
+    position: int
+    at: float
+    payload: bytes
+
+
+class SentMessage(msgspec.Struct, array_like=True, gc=False):
+    """A server message for a session, by log position (the SSE event id)."""
+
+    position: int
+    payload: bytes
+    reply_to: str | None
+
+
+class SessionState(msgspec.Struct, kw_only=True):
+    session_id: str
+    transport: str
+    user: str | None
+    opened_at: float
+    opened_by: str  # the worker that appended SessionOpened
+    # Wall time of the last record about this session: idle time counts from here.
+    last_activity: float
+    owner: str | None = None
+    protocol_version: str | None = None
+    client_info: dict[str, Any] = {}
+    capabilities: dict[str, Any] = {}
+    # Client messages by event id, in log order (dicts keep insertion order).
+    pending: dict[str, PendingMessage] = {}
+    # The newest server messages, oldest first, at most SERVER_HISTORY.
+    sent: list[SentMessage] = []
+
+
+class WorkerState(msgspec.Struct, kw_only=True):
+    worker: str
+    host: str = ""
+    pid: int = 0
+    started_at: float | None = None
+    last_seen: float = 0.0  # wall time of the worker's newest record of any kind
+    stopped_at: float | None = None
+
+    def alive(self, now: float, ttl: float) -> bool:
+        return self.stopped_at is None and now - self.last_seen <= ttl
+
+
+class RegistryState(msgspec.Struct, kw_only=True):
+    """Everything the fold knows, as of ``position``; this is what a snapshot holds."""
+
+    position: int = 0
+    sessions: dict[str, SessionState] = {}
+    workers: dict[str, WorkerState] = {}
+    # Why sessions closed, kept so a late reader can say "closed (expired)" rather
+    # than "unknown"; bounded by the number of sessions ever opened in the log.
+    closed: dict[str, str] = {}
+
+
+class RegistryProjection:
+    """Folds records into a :class:`RegistryState`, one at a time, in log order."""
+
+    def __init__(self, state: RegistryState | None = None) -> None:
+        self.state = state if state is not None else RegistryState()
+        self._handlers: dict[type, Callable[[Record, Any], None]] = {
+            SessionOpened: self._session_opened,
+            SessionClosed: self._session_closed,
+            OwnerClaimed: self._owner_claimed,
+            OwnerReleased: self._owner_released,
+            ClientMessage: self._client_message,
+            ServerMessage: self._server_message,
+            MessageHandled: self._message_handled,
+            CapabilitiesRecorded: self._capabilities_recorded,
+            WorkerStarted: self._worker_started,
+            WorkerHeartbeat: self._worker_seen,
+            WorkerStopped: self._worker_stopped,
+        }
+
+    @property
+    def position(self) -> int:
+        return self.state.position
+
+    def apply(self, record: Record) -> None:
+        """Fold one record. Records at or below the current position are ignored."""
+        state = self.state
+        if record.position <= state.position:
+            return
+        state.position = record.position
+        worker = state.workers.get(record.worker)
+        if worker is None:
+            worker = state.workers[record.worker] = WorkerState(worker=record.worker)
+        worker.last_seen = record.at
+        self._handlers[type(record.event)](record, record.event)
+
+    def apply_all(self, records: Iterable[Record]) -> None:
+        for record in records:
+            self.apply(record)
+
+    # -- queries -----------------------------------------------------------------
+
+    def session(self, session_id: str) -> SessionState | None:
+        return self.state.sessions.get(session_id)
+
+    def alive_workers(self, now: float, ttl: float) -> list[str]:
+        return [w.worker for w in self.state.workers.values() if w.alive(now, ttl)]
+
+    def is_alive(self, worker: str, now: float, ttl: float) -> bool:
+        state = self.state.workers.get(worker)
+        return state is not None and state.alive(now, ttl)
+
+    # -- one handler per event type -----------------------------------------------
+
+    def _touch(self, record: Record, session_id: str) -> SessionState | None:
+        session = self.state.sessions.get(session_id)
+        if session is not None:
+            session.last_activity = record.at
+        return session
+
+    def _session_opened(self, record: Record, event: SessionOpened) -> None:
+        self.state.closed.pop(event.session_id, None)
+        self.state.sessions[event.session_id] = SessionState(
+            session_id=event.session_id,
+            transport=event.transport,
+            user=event.user,
+            opened_at=record.at,
+            opened_by=record.worker,
+            last_activity=record.at,
+        )
+
+    def _session_closed(self, record: Record, event: SessionClosed) -> None:
+        if self.state.sessions.pop(event.session_id, None) is not None:
+            self.state.closed[event.session_id] = event.reason
+
+    def _owner_claimed(self, record: Record, event: OwnerClaimed) -> None:
+        if session := self._touch(record, event.session_id):
+            session.owner = event.owner
+
+    def _owner_released(self, record: Record, event: OwnerReleased) -> None:
+        session = self._touch(record, event.session_id)
+        if session is not None and session.owner == event.owner:
+            session.owner = None
+
+    def _client_message(self, record: Record, event: ClientMessage) -> None:
+        if session := self._touch(record, event.session_id):
+            session.pending[event.id] = PendingMessage(
+                event.id, record.position, record.at, event.payload
+            )
+
+    def _server_message(self, record: Record, event: ServerMessage) -> None:
+        if session := self._touch(record, event.session_id):
+            session.sent.append(SentMessage(record.position, event.payload, event.reply_to))
+            if len(session.sent) > SERVER_HISTORY:
+                del session.sent[0]
+
+    def _message_handled(self, record: Record, event: MessageHandled) -> None:
+        if session := self._touch(record, event.session_id):
+            session.pending.pop(event.message_id, None)
+
+    def _capabilities_recorded(self, record: Record, event: CapabilitiesRecorded) -> None:
+        if session := self._touch(record, event.session_id):
+            session.protocol_version = event.protocol_version
+            session.client_info = event.client_info
+            session.capabilities = event.capabilities
+
+    def _worker_started(self, record: Record, event: WorkerStarted) -> None:
+        worker = self.state.workers[record.worker]
+        worker.host, worker.pid = event.host, event.pid
+        worker.started_at, worker.stopped_at = record.at, None
+
+    def _worker_seen(self, record: Record, event: WorkerHeartbeat) -> None:
+        pass  # apply() already noted the time; a heartbeat says nothing more
+
+    def _worker_stopped(self, record: Record, event: WorkerStopped) -> None:
+        self.state.workers[record.worker].stopped_at = record.at
