@@ -54,6 +54,3 @@ class SQLSchema:
         )
         events = self.events
         self.head = select(func.coalesce(func.max(events.c.position), 0))
-        self.rows_after = select(
-            events.c.position, events.c.at, events.c.worker, events.c.data
-        ).order_by(events.c.position)

@@ -23,7 +23,7 @@ import msgspec
 
 from .codec import Record, decode_event, encode_event
 from .errors import CodecError, EventLogError, LogUnavailable
-from .events import Event, OwnerClaimed, OwnerReleased
+from .events import Event, OwnerClaimed, OwnerReleased, Role
 
 __all__ = [
     "Append",
@@ -68,14 +68,14 @@ class Append(NamedTuple):
 
 
 class Claim(NamedTuple):
-    session_id: str
+    key: str  # the owners entry: the session id, prefixed by the role unless "worker"
     worker: str
     expected: str | None
     event: StoredEvent  # the OwnerClaimed to append if the compare-and-set succeeds
 
 
 class Release(NamedTuple):
-    session_id: str
+    key: str
     worker: str
     event: StoredEvent  # the OwnerReleased to append if ``worker`` owned the session
 
@@ -89,6 +89,10 @@ class LogStats(msgspec.Struct, kw_only=True):
     commits: int = 0  # transactions (or pipelines) written
     operations: int = 0  # append/claim/release calls those commits carried
     undecodable: int = 0  # distinct records skipped because they could not be decoded
+
+
+def _owner_key(session_id: str, role: Role) -> str:
+    return session_id if role == "worker" else f"{role}:{session_id}"
 
 
 def _stored(event: Event) -> StoredEvent:
@@ -209,27 +213,34 @@ class EventLog(ABC):
         """Return the last position in the log, 0 when it is empty."""
         return await self._head()
 
-    async def claim(self, session_id: str, worker: str, expected: str | None = None) -> str | None:
+    async def claim(
+        self, session_id: str, worker: str, expected: str | None = None, *, role: Role = "worker"
+    ) -> str | None:
         """Compare-and-set the owner of ``session_id``; return the owner after the call.
 
         If the current owner is ``expected`` (None: no owner), ``worker`` becomes the
         owner and an :class:`OwnerClaimed` event is appended in the same atomic step.
         Otherwise nothing changes. Either way the effective owner is returned, so of
         many concurrent claimers exactly one wins and all learn who.
+
+        ``role`` names which ownership: ``"worker"`` (the worker holding the session's
+        stream) or ``"user"`` (the identity the session belongs to); each role has
+        its own owner. For ``"user"``, ``worker`` is that identity.
         """
-        event = OwnerClaimed(session_id=session_id, owner=worker, previous=expected)
-        owner = await self._submit(Claim(session_id, worker, expected, _stored(event)))
+        event = OwnerClaimed(session_id=session_id, owner=worker, previous=expected, role=role)
+        claim = Claim(_owner_key(session_id, role), worker, expected, _stored(event))
+        owner = await self._submit(claim)
         assert owner is None or isinstance(owner, str)
         return owner
 
-    async def release(self, session_id: str, worker: str) -> bool:
+    async def release(self, session_id: str, worker: str, *, role: Role = "worker") -> bool:
         """Give up ownership of ``session_id`` if ``worker`` holds it.
 
         Appends :class:`OwnerReleased` in the same atomic step. Returns whether
         ``worker`` was the owner.
         """
-        event = OwnerReleased(session_id=session_id, owner=worker)
-        released = await self._submit(Release(session_id, worker, _stored(event)))
+        event = OwnerReleased(session_id=session_id, owner=worker, role=role)
+        released = await self._submit(Release(_owner_key(session_id, role), worker, _stored(event)))
         return bool(released)
 
     async def save_snapshot(self, name: str, position: int, data: bytes) -> None:

@@ -22,6 +22,7 @@ __all__ = [
     "MessageHandled",
     "OwnerClaimed",
     "OwnerReleased",
+    "Role",
     "ServerMessage",
     "SessionClosed",
     "SessionOpened",
@@ -46,6 +47,9 @@ class BaseEvent(msgspec.Struct, frozen=True, kw_only=True, tag=True, tag_field="
 
 
 CloseReason = Literal["client", "disconnected", "expired", "removed", "worker_lost"]
+# Which ownership a claim is about: the worker holding the stream, or the identity
+# (user) the session belongs to.
+Role = Literal["worker", "user"]
 
 
 class SessionOpened(BaseEvent, frozen=True, kw_only=True):
@@ -63,11 +67,13 @@ class OwnerClaimed(BaseEvent, frozen=True, kw_only=True):
     session_id: str
     owner: str
     previous: str | None = None
+    role: Role = "worker"
 
 
 class OwnerReleased(BaseEvent, frozen=True, kw_only=True):
     session_id: str
     owner: str
+    role: Role = "worker"
 
 
 class ClientMessage(BaseEvent, frozen=True, kw_only=True):

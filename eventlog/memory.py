@@ -40,17 +40,17 @@ class MemoryEventLog(EventLog):
                 store, worker = self._store, operation.worker
                 results.append([store(at, worker, e) for e in operation.events])
             elif isinstance(operation, Claim):
-                current = self._owners.get(operation.session_id)
+                current = self._owners.get(operation.key)
                 if current == operation.expected:
-                    self._owners[operation.session_id] = operation.worker
+                    self._owners[operation.key] = operation.worker
                     self._store(at, operation.worker, operation.event)
                     current = operation.worker
                 results.append(current)
             else:
                 assert isinstance(operation, Release)
-                owned = self._owners.get(operation.session_id) == operation.worker
+                owned = self._owners.get(operation.key) == operation.worker
                 if owned:
-                    del self._owners[operation.session_id]
+                    del self._owners[operation.key]
                     self._store(at, operation.worker, operation.event)
                 results.append(owned)
         return results

@@ -55,6 +55,7 @@ class PostgresEventLog(SQLEventLog):
         )
         self._listen_conn: AsyncConnection | None = None
         self._listen_driver: Any = None
+        self._read_sql = self._rows_after_sql("$1", "$2")
 
     @property
     def _known_ids_sql(self) -> str:
@@ -88,7 +89,8 @@ class PostgresEventLog(SQLEventLog):
     async def _read_rows(self, after: int, limit: int) -> list[Row]:
         with self._translate_errors():
             async with self._engine.connect() as conn:
-                return [Row(*row) for row in await conn.execute(self._rows_after(after, limit))]
+                driver = (await conn.get_raw_connection()).driver_connection
+                return [Row(*row) for row in await driver.fetch(self._read_sql, after, limit)]
 
     async def _head(self) -> int:
         with self._translate_errors():

@@ -165,10 +165,10 @@ class RedisEventLog(EventLog):
                 for event in operation.events:
                     args += [event.event_id, event.data]
             elif isinstance(operation, Claim):
-                args += ["c", operation.session_id, operation.worker, operation.expected or ""]
+                args += ["c", operation.key, operation.worker, operation.expected or ""]
                 args += [operation.event.event_id, operation.event.data]
             else:
-                args += ["r", operation.session_id, operation.worker]
+                args += ["r", operation.key, operation.worker]
                 args += [operation.event.event_id, operation.event.data]
         with self._translate_errors():
             replies = await self._commit_script(self._keys, args)

@@ -50,8 +50,15 @@ class SQLEventLog(EventLog):
             reason = getattr(exc, "orig", None) or exc
             raise LogUnavailable(f"{self.url} is unavailable: {reason}") from exc
 
-    def _rows_after(self, after: int, limit: int):  # type: ignore[no-untyped-def]
-        return self._schema.rows_after.where(self._schema.events.c.position > after).limit(limit)
+    def _rows_after_sql(self, first: str, second: str) -> str:
+        """SELECT of the rows after one position, at most a number of them, with the
+        driver's placeholders for those two: read straight from the driver, as
+        SQLAlchemy's row processing would cost more than the query."""
+        table = self._schema.events.name
+        return (
+            f"SELECT position, at, worker, data FROM {table} "
+            f"WHERE position > {first} ORDER BY position LIMIT {second}"
+        )
 
     def _apply(self, conn: Connection, operations: list[Operation]) -> tuple[list[object], int]:
         """Apply ``operations`` inside the caller's locked transaction.
@@ -81,12 +88,12 @@ class SQLEventLog(EventLog):
             if isinstance(operation, Append):
                 results.append([store(operation.worker, e) for e in operation.events])
                 continue
-            where = owners.c.session_id == operation.session_id
+            where = owners.c.session_id == operation.key
             current = conn.execute(select(owners.c.owner).where(where)).scalar()
             if isinstance(operation, Claim):
                 if current == operation.expected:
                     if current is None:
-                        row = {"session_id": operation.session_id, "owner": operation.worker}
+                        row = {"session_id": operation.key, "owner": operation.worker}
                         conn.execute(insert(owners).values(row))
                     else:
                         conn.execute(owners.update().where(where).values(owner=operation.worker))

@@ -60,6 +60,7 @@ class SQLiteEventLog(SQLEventLog):
         # Polled on the event loop's thread: a WAL read of the last rowid takes
         # microseconds, less than a hop to another thread would.
         self._poller: sqlite3.Connection | None = None
+        self._read_sql = self._rows_after_sql("?", "?")
 
     @property
     def _known_ids_sql(self) -> str:
@@ -94,7 +95,8 @@ class SQLiteEventLog(SQLEventLog):
 
     def _read_now(self, after: int, limit: int) -> list[Row]:
         with self._reader.connect() as conn:
-            return [Row(*row) for row in conn.execute(self._rows_after(after, limit))]
+            cursor = conn.connection.driver_connection.execute(self._read_sql, (after, limit))
+            return [Row(*row) for row in cursor.fetchall()]
 
     async def _head(self) -> int:
         return await self._in_thread(self._read_threads, self._head_now)

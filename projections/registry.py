@@ -96,6 +96,9 @@ class RegistryState(msgspec.Struct, kw_only=True):
     position: int = 0
     sessions: dict[str, SessionState] = {}
     workers: dict[str, WorkerState] = {}
+    # The identity each session belongs to (claims of role "user"). Kept apart from
+    # ``sessions``: an identity may claim a session id before the session opens.
+    users: dict[str, str] = {}
     # Why sessions closed, kept so a late reader can say "closed (expired)" rather
     # than "unknown"; bounded by the number of sessions ever opened in the log.
     closed: dict[str, str] = {}
@@ -106,6 +109,9 @@ class RegistryProjection:
 
     def __init__(self, state: RegistryState | None = None) -> None:
         self.state = state if state is not None else RegistryState()
+        # Told of every record once it is folded (never of one folded before): how a
+        # worker reacts to the log without a second pass over it.
+        self.listener: Callable[[Record], None] | None = None
         self._handlers: dict[type, Callable[[Record, Any], None]] = {
             SessionOpened: self._session_opened,
             SessionClosed: self._session_closed,
@@ -124,17 +130,26 @@ class RegistryProjection:
     def position(self) -> int:
         return self.state.position
 
-    def apply(self, record: Record) -> None:
-        """Fold one record. Records at or below the current position are ignored."""
+    def apply(self, record: Record) -> bool:
+        """Fold one record; return False (and change nothing) if it was already folded,
+        that is, if its position is not above the current one."""
         state = self.state
         if record.position <= state.position:
-            return
+            return False
         state.position = record.position
         worker = state.workers.get(record.worker)
         if worker is None:
             worker = state.workers[record.worker] = WorkerState(worker=record.worker)
         worker.last_seen = record.at
         self._handlers[type(record.event)](record, record.event)
+        if self.listener is not None:
+            self.listener(record)
+        return True
+
+    def advance(self, position: int) -> None:
+        """Note that the log was read up to ``position`` (past records that could not
+        be decoded, which never reach :meth:`apply`)."""
+        self.state.position = max(self.state.position, position)
 
     def apply_all(self, records: Iterable[Record]) -> None:
         for record in records:
@@ -174,14 +189,21 @@ class RegistryProjection:
     def _session_closed(self, record: Record, event: SessionClosed) -> None:
         if self.state.sessions.pop(event.session_id, None) is not None:
             self.state.closed[event.session_id] = event.reason
+            self.state.users.pop(event.session_id, None)
 
     def _owner_claimed(self, record: Record, event: OwnerClaimed) -> None:
-        if session := self._touch(record, event.session_id):
+        session = self._touch(record, event.session_id)
+        if event.role == "user":
+            self.state.users[event.session_id] = event.owner
+        elif session is not None:
             session.owner = event.owner
 
     def _owner_released(self, record: Record, event: OwnerReleased) -> None:
         session = self._touch(record, event.session_id)
-        if session is not None and session.owner == event.owner:
+        if event.role == "user":
+            if self.state.users.get(event.session_id) == event.owner:
+                del self.state.users[event.session_id]
+        elif session is not None and session.owner == event.owner:
             session.owner = None
 
     def _client_message(self, record: Record, event: ClientMessage) -> None:

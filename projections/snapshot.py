@@ -11,6 +11,7 @@ import msgspec
 
 from eventlog import EventLog
 
+from .audit import records
 from .registry import RegistryProjection, RegistryState
 
 __all__ = [
@@ -58,19 +59,13 @@ async def load_latest(log: EventLog) -> RegistryProjection:
 async def catch_up(log: EventLog, projection: RegistryProjection, until: int | None = None) -> int:
     """Apply every record after ``projection.position`` up to ``until`` (default: the head).
 
-    Returns the number of records applied.
+    Returns the number of records newly applied.
     """
-    until = await log.head() if until is None else until
     applied = 0
-    while projection.position < until:
-        records = await log.read(after=projection.position, limit=5_000)
-        if not records:
-            break
-        for record in records:
-            if record.position > until:
-                return applied
-            projection.apply(record)
-            applied += 1
-        # Undecodable records are skipped by read(); step past them all the same.
-        projection.state.position = max(projection.position, records[-1].position)
+
+    def reached(position: int) -> None:
+        projection.advance(position)
+
+    async for record in records(log, projection.position, until, progress=reached):
+        applied += projection.apply(record)
     return applied

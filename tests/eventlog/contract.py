@@ -186,6 +186,20 @@ class EventLogContract:
         ]
         assert [getattr(e, "previous", None) for e in events] == [None, "w1", None, None]
 
+    async def test_each_role_has_its_own_owner(self, event_log: EventLog) -> None:
+        assert await event_log.claim("s", "w1") == "w1"
+        assert await event_log.claim("s", "alice@example.com", role="user") == "alice@example.com"
+        assert await event_log.claim("s", "bob@example.com", role="user") == "alice@example.com"
+        assert await event_log.release("s", "w1", role="user") is False
+        assert await event_log.release("s", "alice@example.com", role="user") is True
+        assert await event_log.claim("s", "w2", expected="w1") == "w2"
+        claimed = [r.event for r in await event_log.read() if isinstance(r.event, OwnerClaimed)]
+        assert [(c.owner, c.role) for c in claimed] == [
+            ("w1", "worker"),
+            ("alice@example.com", "user"),
+            ("w2", "worker"),
+        ]
+
     async def test_concurrent_claims_have_one_winner(self, event_log: EventLog) -> None:
         owners = await asyncio.gather(*(event_log.claim("s", f"w{i}") for i in range(50)))
         assert len(set(owners)) == 1
