@@ -19,6 +19,7 @@ from .events import (
     WorkerHeartbeat,
     WorkerStarted,
     WorkerStopped,
+    derived_event_id,
     new_event_id,
 )
 from .factory import open_log
@@ -57,6 +58,7 @@ __all__ = [
     "WorkerStarted",
     "WorkerStopped",
     "decode_event",
+    "derived_event_id",
     "encode_event",
     "new_event_id",
     "open_log",

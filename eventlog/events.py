@@ -7,6 +7,7 @@ tag or shape it does not know skips that record (see :mod:`eventlog.base`).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from typing import Any, Literal
@@ -29,6 +30,7 @@ __all__ = [
     "WorkerHeartbeat",
     "WorkerStarted",
     "WorkerStopped",
+    "derived_event_id",
     "new_event_id",
 ]
 
@@ -38,6 +40,13 @@ def new_event_id() -> str:
     random bits. Time first, so ids arrive in nearly sorted order and the unique
     index on them grows at its right edge instead of touching pages at random."""
     return f"{time.time_ns() // 1000:014x}{os.urandom(9).hex()}"
+
+
+def derived_event_id(*parts: object) -> str:
+    """An event id that every worker computes alike from ``parts``: for effects that
+    must happen once however many workers try (expiry, a message's outcome)."""
+    key = "\x1f".join(map(str, parts)).encode()
+    return hashlib.blake2b(key, digest_size=16).hexdigest()
 
 
 class BaseEvent(msgspec.Struct, frozen=True, kw_only=True, tag=True, tag_field="type", gc=False):

@@ -9,6 +9,7 @@ counter.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +25,9 @@ from .base import Append, Claim, EventLog, Operation, Row
 from .errors import EventLogError, LogUnavailable
 
 __all__ = ["RedisEventLog"]
+
+# Timeouts
+CLOSE_GRACE = 2.0  # seconds close() waits for connections to close cleanly
 
 # One group commit, applied atomically on the server. KEYS: events stream, head
 # counter, id -> position hash, owners hash. ARGV: the time, then the operations:
@@ -210,5 +214,8 @@ class RedisEventLog(EventLog):
             return await self._redis.hget(self._snapshot_prefix + name, "data")
 
     async def _close(self) -> None:
-        with contextlib.suppress(redis_exc.RedisError, OSError):
-            await self._redis.aclose()
+        with contextlib.suppress(redis_exc.RedisError, OSError, TimeoutError):
+            async with asyncio.timeout(CLOSE_GRACE):
+                await self._redis.aclose()
+        # What aclose() could not close in time (a connection stuck in a read).
+        await self._redis.connection_pool.disconnect(inuse_connections=True)

@@ -1,3 +1,14 @@
-"""gateway: the SessionRegistry, worker runtime, MCP transports and the CLI."""
+"""gateway: the SessionRegistry on the log, the worker runtime, the MCP server and CLI."""
 
-__all__: list[str] = []
+from .errors import SessionNotFound
+from .registry import SessionRegistry
+from .worker import HandlerContext, MessageHandler, Transport, WorkerRuntime
+
+__all__ = [
+    "HandlerContext",
+    "MessageHandler",
+    "SessionNotFound",
+    "SessionRegistry",
+    "Transport",
+    "WorkerRuntime",
+]

@@ -65,6 +65,7 @@ class SessionState(msgspec.Struct, kw_only=True):
     transport: str
     user: str | None
     opened_at: float
+    opened_position: int  # tells this opening of the session id from any other
     opened_by: str  # the worker that appended SessionOpened
     # Wall time of the last record about this session: idle time counts from here.
     last_activity: float
@@ -182,6 +183,7 @@ class RegistryProjection:
             transport=event.transport,
             user=event.user,
             opened_at=record.at,
+            opened_position=record.position,
             opened_by=record.worker,
             last_activity=record.at,
         )
@@ -219,7 +221,12 @@ class RegistryProjection:
                 del session.sent[0]
 
     def _message_handled(self, record: Record, event: MessageHandled) -> None:
-        if session := self._touch(record, event.session_id):
+        # Giving up on a message is bookkeeping, not activity: it must not keep an
+        # abandoned session alive.
+        session = self.state.sessions.get(event.session_id)
+        if session is not None:
+            if event.outcome == "handled":
+                session.last_activity = record.at
             session.pending.pop(event.message_id, None)
 
     def _capabilities_recorded(self, record: Record, event: CapabilitiesRecorded) -> None:

@@ -1,0 +1,416 @@
+"""SessionRegistry: the reference gateway's session registry API, backed by the log.
+
+Drop-in for ContextForge's ``SessionRegistry``: the same constructor, methods and
+return conventions, so code written against it keeps working. Underneath, every
+change is an event in one ordered log and every worker folds that log, so a
+session added on one worker exists on all of them as soon as the call returns,
+and nothing broadcast is lost or delivered twice.
+
+Where we differ on purpose: ``broadcast`` to a session that exists nowhere raises
+:class:`SessionNotFound` (the reference drops the message silently), and writes
+that cannot reach the backend raise :class:`~eventlog.LogUnavailable` rather than
+being logged and forgotten. Queries keep the reference's "None when the backend
+cannot answer".
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+from aiohttp import web
+
+from eventlog import (
+    CapabilitiesRecorded,
+    ClientMessage,
+    EventLog,
+    LogUnavailable,
+    open_log,
+)
+
+from .errors import SessionNotFound
+from .protocol import (
+    METHOD_NOT_FOUND,
+    MISSING_PROTOCOL_VERSION,
+    SERVER_CAPABILITIES,
+    SERVER_INFO,
+    error_response,
+    negotiate_version,
+    result_response,
+)
+from .worker import HandlerContext, MessageHandler, Transport, WorkerRuntime
+
+__all__ = ["BACKENDS", "SessionRegistry"]
+
+logger = logging.getLogger("sessionlog.gateway")
+
+BACKENDS = ("memory", "redis", "database", "none")
+# Limits
+OWNER_ATTEMPTS = 5  # compare-and-set rounds in set_session_owner
+
+
+def log_url_for(backend: str, redis_url: str | None, database_url: str | None) -> str:
+    """The log URL for one of the reference's backends."""
+    if backend == "redis":
+        assert redis_url is not None
+        return redis_url
+    if backend == "database":
+        assert database_url is not None
+        # The reference takes SQLAlchemy URLs with a sync driver
+        # (postgresql+psycopg://...); the log picks its own driver.
+        parts = urlsplit(database_url)
+        scheme = parts.scheme.split("+", 1)[0]
+        return urlunsplit(parts._replace(scheme=scheme)) if scheme != "sqlite" else database_url
+    return "memory://"
+
+
+class SessionRegistry:
+    """Sessions, their owners and their messages, shared by every worker of a log.
+
+    ``backend`` is one of the reference's: ``"memory"`` (this process only),
+    ``"redis"`` (needs ``redis_url``), ``"database"`` (needs ``database_url``: a
+    SQLite file or PostgreSQL) or ``"none"`` (tracks nothing). ``log_url`` names any
+    log directly instead. ``handler`` answers client messages (the gateway's
+    dispatcher); without one, the registry answers ``initialize`` and ``ping`` and
+    refuses other methods with JSON-RPC error -32601.
+    """
+
+    def __init__(
+        self,
+        backend: str = "memory",
+        redis_url: str | None = None,
+        database_url: str | None = None,
+        session_ttl: int = 3600,
+        message_ttl: int = 600,
+        *,
+        log_url: str | None = None,
+        worker_id: str | None = None,
+        handler: MessageHandler | None = None,
+        clock: Callable[[], float] = time.time,
+        # Timeouts
+        heartbeat_interval: float = 5.0,
+        worker_ttl: float | None = None,
+    ) -> None:
+        self._backend = backend.lower()
+        if self._backend not in BACKENDS:
+            raise ValueError(f"Invalid backend: {backend}")
+        if self._backend == "redis" and not redis_url and not log_url:
+            raise ValueError("Redis backend requires redis_url")
+        if self._backend == "database" and not database_url and not log_url:
+            raise ValueError("Database backend requires database_url")
+        self._session_ttl = session_ttl
+        self._message_ttl = message_ttl
+        self._log_url = log_url or log_url_for(self._backend, redis_url, database_url)
+        self.worker_id = worker_id or f"worker-{secrets.token_hex(6)}"
+        self._handler = handler or self._answer
+        self._clock = clock
+        self._heartbeat_interval = heartbeat_interval
+        # Dead after three missed heartbeats, unless told otherwise.
+        self._worker_ttl = worker_ttl if worker_ttl is not None else 3 * heartbeat_interval
+        self._log: EventLog | None = None
+        self._runtime: WorkerRuntime | None = None
+
+    # -- life cycle --------------------------------------------------------------
+
+    async def initialize(self, *, housekeeping: bool = True) -> None:
+        """Open the log, fold it, announce this worker and start its one tail.
+
+        Idempotent. ``housekeeping=False`` leaves heartbeats and sweeps to the
+        caller (:attr:`runtime`), as tests with an injected clock do.
+        """
+        if self._backend == "none" or self._runtime is not None:
+            return
+        self._log = await open_log(self._log_url, clock=self._clock)
+        runtime = WorkerRuntime(
+            self._log,
+            self.worker_id,
+            self._handler,
+            clock=self._clock,
+            heartbeat_interval=self._heartbeat_interval,
+            worker_ttl=self._worker_ttl,
+            session_ttl=self._session_ttl,
+            message_ttl=self._message_ttl,
+        )
+        try:
+            await runtime.start(housekeeping=housekeeping)
+        except BaseException:
+            await self._log.close()
+            self._log = None
+            raise
+        self._runtime = runtime
+
+    async def shutdown(self) -> None:
+        """Disconnect local sessions, record this worker's stop, close the log."""
+        runtime, self._runtime = self._runtime, None
+        if runtime is not None:
+            await runtime.stop()
+        if self._log is not None:
+            await self._log.close()
+            self._log = None
+
+    @property
+    def runtime(self) -> WorkerRuntime:
+        if self._runtime is None:
+            raise RuntimeError("SessionRegistry.initialize() has not been awaited")
+        return self._runtime
+
+    async def _started(self) -> WorkerRuntime:
+        if self._runtime is None:
+            await self.initialize()
+        return self.runtime
+
+    # -- sessions ------------------------------------------------------------------
+
+    async def add_session(self, session_id: str, transport: Transport) -> None:
+        """Hold ``session_id``'s transport on this worker, opening the session if new.
+
+        When the call returns, every worker sees the session. If another worker held
+        it, this worker takes it over (the client's newest stream wins).
+        """
+        if self._backend == "none":
+            return
+        runtime = await self._started()
+        kind = getattr(transport, "kind", "sse")
+        await runtime.open_session(session_id, transport, kind)
+        logger.info("added session %s", session_id)
+
+    async def remove_session(self, session_id: str, reason: str = "removed") -> None:
+        """Disconnect the local transport, release ownership and record the close."""
+        if self._backend == "none":
+            return
+        runtime = await self._started()
+        await runtime.close_session(session_id, reason)  # type: ignore[arg-type]
+        logger.info("removed session %s (%s)", session_id, reason)
+
+    async def get_session(self, session_id: str) -> Any:
+        """The transport if this worker holds the session, else None."""
+        return self.get_session_sync(session_id)
+
+    def get_session_sync(self, session_id: str) -> Any:
+        if self._backend == "none" or self._runtime is None:
+            return None
+        local = self._runtime.local.get(session_id)
+        return local.transport if local is not None else None
+
+    async def session_exists(self, session_id: str) -> bool | None:
+        """Whether the session is open on any worker; None if the log cannot answer."""
+        if self._backend == "none":
+            return False
+        if self.get_session_sync(session_id) is not None:
+            return True
+        try:
+            runtime = await self._started()
+            await runtime.sync()
+        except LogUnavailable as exc:
+            logger.error("cannot check session %s: %s", session_id, exc)
+            return None
+        return runtime.projection.session(session_id) is not None
+
+    async def get_all_session_ids(self) -> list[str]:
+        """The sessions held on this worker (as the reference: local ones)."""
+        if self._runtime is None:
+            return []
+        return list(self._runtime.local)
+
+    # -- owners (the identity a session belongs to) ------------------------------------
+
+    async def set_session_owner(self, session_id: str, owner_email: str | None) -> None:
+        """Make ``owner_email`` the session's owner, or clear the owner with None."""
+        if self._backend == "none":
+            return
+        runtime = await self._started()
+        await runtime.sync()
+        for _ in range(OWNER_ATTEMPTS):
+            current = runtime.projection.state.users.get(session_id)
+            if current == owner_email:
+                return
+            if owner_email is None:
+                assert current is not None
+                await runtime.log.release(session_id, current, role="user")
+            else:
+                await runtime.log.claim(session_id, owner_email, expected=current, role="user")
+            await runtime.sync()
+        raise LogUnavailable(f"could not set the owner of {session_id}: it keeps changing")
+
+    async def claim_session_owner(self, session_id: str, owner_email: str) -> str | None:
+        """Compare-and-set: claim the session for ``owner_email`` if it has no owner.
+
+        Returns the effective owner, or None when the log cannot be reached.
+        """
+        if self._backend == "none":
+            return owner_email
+        try:
+            runtime = await self._started()
+            owner = await runtime.log.claim(session_id, owner_email, role="user")
+            await runtime.sync()
+            return owner
+        except LogUnavailable as exc:
+            logger.error("cannot claim session %s: %s", session_id, exc)
+            return None
+
+    async def get_session_owner(self, session_id: str) -> str | None:
+        if self._backend == "none":
+            return None
+        try:
+            runtime = await self._started()
+            await runtime.sync()
+        except LogUnavailable as exc:
+            logger.error("cannot get the owner of session %s: %s", session_id, exc)
+            return None
+        return runtime.projection.state.users.get(session_id)
+
+    # -- messages --------------------------------------------------------------------
+
+    async def broadcast(self, session_id: str, message: Any) -> None:
+        """Send a client message to the session, wherever its stream is held.
+
+        It is durable when this returns: the session's owner answers it, in order,
+        exactly once, even if the owner reads it later.
+
+        Raises:
+            SessionNotFound: the session is not open on any worker.
+            LogUnavailable: the log cannot be reached; nothing was sent.
+        """
+        if self._backend == "none":
+            return
+        runtime = await self._started()
+        await runtime.sync()
+        if runtime.projection.session(session_id) is None:
+            raise SessionNotFound(session_id)
+        event = ClientMessage(session_id=session_id, payload=orjson.dumps(message))
+        await runtime.log.append([event], worker=self.worker_id)
+
+    async def respond(self, server_id: str | None, user: dict[str, Any], session_id: str) -> None:
+        """Answer the session's client messages on this worker until it closes.
+
+        Like the reference, meant to run as a task per session; unlike it, the task
+        waits without polling: the worker's one tail hands it each message.
+        """
+        if self._backend == "none":
+            return
+        runtime = await self._started()
+        await runtime.respond(session_id, HandlerContext(session_id, server_id, user))
+
+    async def generate_response(
+        self,
+        message: dict[str, Any],
+        transport: Transport,
+        server_id: str | None,
+        user: dict[str, Any],
+    ) -> None:
+        """Answer ``message`` with the handler and send the reply on ``transport``."""
+        session_id = getattr(transport, "session_id", "")
+        reply = await self._handler(message, HandlerContext(session_id, server_id, user))
+        if reply is not None:
+            await transport.send_message(reply)
+
+    async def _answer(self, message: dict[str, Any], ctx: HandlerContext) -> dict[str, Any] | None:
+        """The default handler: initialize and ping here, nothing else."""
+        if not isinstance(message, dict) or "id" not in message:
+            return None  # notifications and responses need no answer
+        request_id, method = message["id"], message.get("method")
+        if method == "initialize":
+            try:
+                result = await self.handle_initialize_logic(
+                    message.get("params") or {}, ctx.session_id, ctx.server_id
+                )
+            except web.HTTPBadRequest as exc:
+                return error_response(request_id, MISSING_PROTOCOL_VERSION, exc.text or "")
+            return result_response(request_id, result)
+        if method == "ping":
+            return result_response(request_id, {})
+        return error_response(request_id, METHOD_NOT_FOUND, f"Method not found: {method}")
+
+    # -- initialize and capabilities ------------------------------------------------------
+
+    async def handle_initialize_logic(
+        self,
+        body: dict[str, Any],
+        session_id: str | None = None,
+        server_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Negotiate the protocol version, record the client's capabilities, and
+        return the initialize result.
+
+        Raises:
+            aiohttp.web.HTTPBadRequest: no protocol version (header MCP-Error-Code: -32002).
+        """
+        requested = body.get("protocol_version") or body.get("protocolVersion")
+        if not requested:
+            raise web.HTTPBadRequest(
+                text="Missing protocol version",
+                headers={"MCP-Error-Code": str(MISSING_PROTOCOL_VERSION)},
+            )
+        capabilities = body.get("capabilities") or {}
+        client_info = body.get("client_info") or body.get("clientInfo") or {}
+        if session_id and self._backend != "none":
+            await self._record_capabilities(session_id, str(requested), client_info, capabilities)
+        return {
+            "protocolVersion": negotiate_version(str(requested)),
+            "capabilities": SERVER_CAPABILITIES,
+            "serverInfo": SERVER_INFO,
+        }
+
+    async def _record_capabilities(
+        self,
+        session_id: str,
+        protocol_version: str | None,
+        client_info: dict[str, Any] | None,
+        capabilities: dict[str, Any],
+    ) -> None:
+        runtime = await self._started()
+        session = runtime.projection.session(session_id)
+        # What this call does not say is kept from what was recorded before.
+        if protocol_version is None:
+            protocol_version = session.protocol_version if session is not None else None
+        if client_info is None:
+            client_info = session.client_info if session is not None else {}
+        event = CapabilitiesRecorded(
+            session_id=session_id,
+            protocol_version=protocol_version or "",
+            client_info=client_info,
+            capabilities=capabilities,
+        )
+        await runtime.log.append([event], worker=self.worker_id)
+
+    async def store_client_capabilities(
+        self, session_id: str, capabilities: dict[str, Any]
+    ) -> None:
+        if self._backend == "none":
+            return
+        await self._record_capabilities(session_id, None, None, capabilities)
+
+    async def get_client_capabilities(self, session_id: str) -> dict[str, Any] | None:
+        if self._backend == "none":
+            return None
+        try:
+            runtime = await self._started()
+            await runtime.sync()
+        except LogUnavailable as exc:
+            logger.error("cannot read capabilities of session %s: %s", session_id, exc)
+            return None
+        session = runtime.projection.session(session_id)
+        return session.capabilities if session is not None and session.capabilities else None
+
+    async def has_elicitation_capability(self, session_id: str) -> bool:
+        # Declared is enough: MCP clients declare elicitation as "elicitation": {}.
+        capabilities = await self.get_client_capabilities(session_id)
+        return capabilities is not None and capabilities.get("elicitation") is not None
+
+    async def get_elicitation_capable_sessions(self) -> list[str]:
+        """Sessions held on this worker whose client can answer elicitations."""
+        if self._runtime is None:
+            return []
+        runtime = self._runtime
+        await runtime.sync()
+        return [
+            session_id
+            for session_id in runtime.local
+            if (session := runtime.projection.session(session_id)) is not None
+            and session.capabilities.get("elicitation") is not None
+        ]

@@ -1,0 +1,432 @@
+"""The worker runtime: one log tail, one projection, and the sessions held here.
+
+A worker folds the log into its :class:`RegistryProjection` through one tail, and
+reacts to what it folds: server messages for sessions whose transport it holds go
+out on that transport; client messages for sessions it owns go to the message
+handler, whose reply is appended to the log (and so comes back through the tail).
+Background writes are a heartbeat every few seconds, whatever the number of
+sessions. Time comes from an injected clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from eventlog import (
+    ClientMessage,
+    Event,
+    EventLog,
+    LogUnavailable,
+    MessageHandled,
+    OwnerClaimed,
+    Record,
+    ServerMessage,
+    SessionClosed,
+    SessionOpened,
+    WorkerHeartbeat,
+    WorkerStarted,
+    WorkerStopped,
+    derived_event_id,
+)
+from eventlog.events import CloseReason
+from projections import (
+    SNAPSHOT_EVERY,
+    SNAPSHOT_NAME,
+    PendingMessage,
+    RegistryProjection,
+    catch_up,
+    encode_snapshot,
+    load_latest,
+)
+
+from .mailbox import Mailbox
+from .protocol import INTERNAL_ERROR, error_response
+
+__all__ = ["HandlerContext", "MessageHandler", "Transport", "WorkerRuntime"]
+
+logger = logging.getLogger("sessionlog.gateway")
+
+# Limits
+TAKEOVER_ATTEMPTS = 5  # compare-and-set rounds before add_session gives up
+# Timeouts
+STOP_GRACE = 2.0  # seconds stop() waits for background tasks to end
+
+
+class Transport(Protocol):
+    """Where a session's server messages go: an SSE stream, or anything alike."""
+
+    async def send_message(self, message: dict[str, Any]) -> None: ...
+
+    async def disconnect(self) -> None: ...
+
+    async def is_connected(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class HandlerContext:
+    session_id: str
+    server_id: str | None
+    user: dict[str, Any]
+
+
+# Answers one client message: the reply to append, or None (notifications, responses).
+MessageHandler = Callable[[dict[str, Any], HandlerContext], Awaitable[dict[str, Any] | None]]
+
+
+@dataclass
+class _LocalSession:
+    """A session whose transport this worker holds."""
+
+    transport: Transport
+    outbox: Mailbox[bytes]
+    inbox: Mailbox[str]
+    # Set by respond(): who is answering, and when respond() may return.
+    context: HandlerContext | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    # Client messages queued or being handled, so none is queued twice.
+    queued: set[str] = field(default_factory=set)
+    # True once this worker's claim is folded: from then on, a claim by another
+    # worker or a close means the session left this worker. (Before, such records
+    # are older news about an earlier stream of the same session.)
+    owned: bool = False
+
+
+class WorkerRuntime:
+    def __init__(
+        self,
+        log: EventLog,
+        worker_id: str,
+        handler: MessageHandler,
+        *,
+        clock: Callable[[], float] = time.time,
+        # Timeouts
+        heartbeat_interval: float = 5.0,
+        worker_ttl: float = 15.0,
+        session_ttl: float = 3600.0,
+        message_ttl: float = 600.0,
+        # Limits
+        snapshot_every: int = SNAPSHOT_EVERY,
+    ) -> None:
+        self.log = log
+        self.worker_id = worker_id
+        self.handler = handler
+        self.clock = clock
+        self.heartbeat_interval = heartbeat_interval
+        self.worker_ttl = worker_ttl
+        self.session_ttl = session_ttl
+        self.message_ttl = message_ttl
+        self.snapshot_every = snapshot_every
+        self.projection = RegistryProjection()
+        self.local: dict[str, _LocalSession] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._chores: set[asyncio.Task[None]] = set()  # one-off tasks, kept from the GC
+        self._sync_lock = asyncio.Lock()
+        self._snapshot_mark = 0
+
+    # -- life cycle --------------------------------------------------------------
+
+    async def start(self, *, housekeeping: bool = True) -> None:
+        """Load the newest snapshot, catch up, announce this worker, start the tail.
+
+        ``housekeeping=False`` leaves heartbeats and sweeps to the caller (tests drive
+        them with an injected clock instead of waiting).
+        """
+        self.projection = await load_latest(self.log)
+        self.projection.listener = self._react
+        await catch_up(self.log, self.projection)
+        self._snapshot_mark = self.projection.position // self.snapshot_every
+        started = WorkerStarted(host=socket.gethostname(), pid=os.getpid())
+        await self.log.append([started], worker=self.worker_id)
+        self._tasks.append(asyncio.create_task(self._follow(), name="sessionlog-tail"))
+        if housekeeping:
+            task = asyncio.create_task(self._housekeeping(), name="sessionlog-housekeeping")
+            self._tasks.append(task)
+
+    async def stop(self) -> None:
+        """Close the sessions held here, say WorkerStopped, stop the background tasks."""
+        for session_id in list(self.local):
+            await self._drop_local(session_id, disconnect=True)
+        with contextlib.suppress(LogUnavailable):
+            await self.log.append([WorkerStopped()], worker=self.worker_id)
+        tasks = [*self._tasks, *self._chores]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            # Bounded: redis-py can sit on a cancelled blocking read after the server
+            # restarted; the log's close releases it.
+            await asyncio.wait(tasks, timeout=STOP_GRACE)
+        self._tasks.clear()
+
+    async def sync(self) -> None:
+        """Fold everything appended up to now, on any worker: read-your-writes."""
+        async with self._sync_lock:
+            await catch_up(self.log, self.projection)
+
+    async def _follow(self) -> None:
+        async for record in self.log.tail(after=self.projection.position):
+            self.projection.apply(record)  # no-op when sync() folded it already
+            if self.projection.position // self.snapshot_every > self._snapshot_mark:
+                await self._save_snapshot()
+
+    async def _save_snapshot(self) -> None:
+        self._snapshot_mark = self.projection.position // self.snapshot_every
+        data = encode_snapshot(self.projection)
+        try:
+            await self.log.save_snapshot(SNAPSHOT_NAME, self.projection.position, data)
+        except LogUnavailable as exc:
+            logger.warning("snapshot not saved: %s", exc)
+
+    async def _housekeeping(self) -> None:
+        while True:
+            try:
+                await self.heartbeat()
+                await self.sweep()
+            except LogUnavailable as exc:
+                logger.warning("housekeeping: %s", exc)
+            await asyncio.sleep(self.heartbeat_interval)
+
+    # -- sessions held here --------------------------------------------------------
+
+    async def open_session(self, session_id: str, transport: Transport, kind: str) -> None:
+        """Hold ``session_id``'s transport here and make this worker its owner.
+
+        Opens the session in the log if it is not open; takes it over from its
+        current owner otherwise (the client's newest stream wins).
+        """
+        previous = self.local.pop(session_id, None)
+        if previous is not None and previous.transport is not transport:
+            await self._close_local(previous, disconnect=True)
+        await self.sync()
+        local = self.local[session_id] = _LocalSession(
+            transport=transport,
+            outbox=Mailbox(f"session {session_id} outbox", self._sender(session_id)),
+            inbox=Mailbox(f"session {session_id} inbox", self._handle_message(session_id)),
+        )
+        try:
+            if self.projection.session(session_id) is None:
+                opened = SessionOpened(session_id=session_id, transport=kind)
+                await self.log.append([opened], worker=self.worker_id)
+                await self.sync()
+            for _ in range(TAKEOVER_ATTEMPTS):
+                session = self.projection.session(session_id)
+                current = session.owner if session is not None else None
+                if current != self.worker_id:
+                    claimed = await self.log.claim(session_id, self.worker_id, expected=current)
+                    await self.sync()
+                    if claimed != self.worker_id:
+                        continue
+                local.owned = True
+                return
+            raise LogUnavailable(f"could not take over session {session_id}: owner keeps changing")
+        except BaseException:
+            if self.local.get(session_id) is local:
+                del self.local[session_id]
+            raise
+
+    async def close_session(self, session_id: str, reason: CloseReason) -> None:
+        """Disconnect the local transport, give up ownership, record why it closed."""
+        await self._drop_local(session_id, disconnect=True)
+        await self.log.release(session_id, self.worker_id)
+        await self.sync()
+        if self.projection.session(session_id) is not None:
+            closed = SessionClosed(session_id=session_id, reason=reason)
+            await self.log.append([closed], worker=self.worker_id)
+            await self.sync()
+
+    async def respond(self, session_id: str, context: HandlerContext) -> None:
+        """Answer ``session_id``'s client messages here until the session goes away."""
+        local = self.local.get(session_id)
+        if local is None:
+            return
+        local.context = context
+        await self.sync()
+        self._queue_pending(session_id, local)
+        await local.done.wait()
+
+    async def _drop_local(self, session_id: str, *, disconnect: bool) -> None:
+        local = self.local.pop(session_id, None)
+        if local is not None:
+            await self._close_local(local, disconnect=disconnect)
+
+    async def _close_local(self, local: _LocalSession, *, disconnect: bool) -> None:
+        local.done.set()
+        await local.outbox.close()
+        await local.inbox.close()
+        if disconnect:
+            try:
+                await local.transport.disconnect()
+            except Exception:
+                logger.exception("disconnecting a transport failed")
+
+    # -- reacting to the log ---------------------------------------------------------
+
+    def _react(self, record: Record) -> None:
+        """Called for every newly folded record; schedules work, never awaits."""
+        event = record.event
+        session_id = getattr(event, "session_id", None)
+        if session_id is None:
+            return
+        local = self.local.get(session_id)
+        if local is None:
+            return
+        if isinstance(event, ServerMessage):
+            local.outbox.put(event.payload)
+        elif isinstance(event, ClientMessage):
+            if local.context is not None and self._owns(session_id):
+                self._queue(session_id, local, event.id)
+        elif local.owned and (
+            isinstance(event, SessionClosed)
+            or (
+                isinstance(event, OwnerClaimed)
+                and event.role == "worker"
+                and event.owner != self.worker_id
+            )
+        ):
+            # Closed, or its client opened a newer stream on another worker.
+            self._spawn(self._drop_local(session_id, disconnect=True))
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        async def run() -> None:
+            await work
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
+
+    def _owns(self, session_id: str) -> bool:
+        session = self.projection.session(session_id)
+        return session is not None and session.owner == self.worker_id
+
+    def _queue(self, session_id: str, local: _LocalSession, message_id: str) -> None:
+        if message_id not in local.queued:
+            local.queued.add(message_id)
+            local.inbox.put(message_id)
+
+    def _queue_pending(self, session_id: str, local: _LocalSession) -> None:
+        session = self.projection.session(session_id)
+        if session is not None and session.owner == self.worker_id:
+            for message_id in session.pending:
+                self._queue(session_id, local, message_id)
+
+    def _sender(self, session_id: str) -> Callable[[bytes], Awaitable[None]]:
+        async def send(payload: bytes) -> None:
+            local = self.local.get(session_id)
+            if local is None:
+                return
+            try:
+                await local.transport.send_message(orjson.loads(payload))
+            except Exception as exc:
+                logger.info("session %s: transport failed (%s); closing it", session_id, exc)
+                self._spawn(self._close_quietly(session_id, "disconnected"))
+
+        return send
+
+    def _handle_message(self, session_id: str) -> Callable[[str], Awaitable[None]]:
+        async def handle(message_id: str) -> None:
+            local = self.local.get(session_id)
+            try:
+                session = self.projection.session(session_id)
+                pending = session.pending.get(message_id) if session is not None else None
+                if local is None or local.context is None or pending is None:
+                    return  # handled elsewhere, expired, or the session is gone
+                await self._answer(session_id, pending, local.context)
+            finally:
+                if local is not None:
+                    local.queued.discard(message_id)
+
+        return handle
+
+    async def _answer(self, session_id: str, pending: PendingMessage, ctx: HandlerContext) -> None:
+        message: Any = None
+        try:
+            message = orjson.loads(pending.payload)
+            reply = await self.handler(message, ctx)
+        except Exception as exc:
+            logger.exception("session %s: the handler failed", session_id)
+            request_id = message.get("id") if isinstance(message, dict) else None
+            reply = error_response(request_id, INTERNAL_ERROR, "Internal error", str(exc))
+        events: list[Event] = []
+        if reply is not None:
+            events.append(
+                ServerMessage(
+                    id=derived_event_id(pending.message_id, "reply"),
+                    session_id=session_id,
+                    payload=orjson.dumps(reply),
+                    reply_to=pending.message_id,
+                )
+            )
+        events.append(
+            MessageHandled(
+                id=derived_event_id(pending.message_id, "outcome"),
+                session_id=session_id,
+                message_id=pending.message_id,
+            )
+        )
+        try:
+            await self.log.append(events, worker=self.worker_id)
+        except LogUnavailable as exc:
+            # Still pending in the log: the next sweep queues it again.
+            logger.warning("session %s: reply not recorded yet: %s", session_id, exc)
+
+    async def _close_quietly(self, session_id: str, reason: CloseReason) -> None:
+        try:
+            await self.close_session(session_id, reason)
+        except LogUnavailable as exc:
+            logger.warning("session %s: close not recorded: %s", session_id, exc)
+
+    # -- housekeeping ------------------------------------------------------------------
+
+    async def heartbeat(self) -> None:
+        await self.log.append([WorkerHeartbeat()], worker=self.worker_id)
+
+    async def sweep(self) -> None:
+        """Close what has expired, once, whichever workers sweep at the same time.
+
+        Sessions with no live owner idle past ``session_ttl`` close as expired; client
+        messages unhandled past ``message_ttl`` are marked expired; local transports
+        that dropped are closed; pending messages of sessions answered here are
+        queued again (after an outage, or a takeover).
+        """
+        for session_id, local in list(self.local.items()):
+            if not await local.transport.is_connected():
+                await self.close_session(session_id, "disconnected")
+            elif local.context is not None:
+                self._queue_pending(session_id, local)
+        await self.sync()
+        now = self.clock()
+        expired: list[Event] = []
+        for session_id, session in self.projection.state.sessions.items():
+            owner = session.owner
+            held = owner is not None and self.projection.is_alive(owner, now, self.worker_ttl)
+            if not held and now - session.last_activity > self.session_ttl:
+                expired.append(
+                    SessionClosed(
+                        id=derived_event_id(session_id, session.opened_position, "expired"),
+                        session_id=session_id,
+                        reason="expired",
+                    )
+                )
+                continue
+            for message in session.pending.values():
+                if now - message.at > self.message_ttl:
+                    expired.append(
+                        MessageHandled(
+                            id=derived_event_id(message.message_id, "outcome"),
+                            session_id=session_id,
+                            message_id=message.message_id,
+                            outcome="expired",
+                        )
+                    )
+        if expired:
+            await self.log.append(expired, worker=self.worker_id)
+            await self.sync()
