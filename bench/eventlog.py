@@ -189,6 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     report = {
         "machine": machine(),
         "versions": {p: version(p) for p in ("msgspec", "sqlalchemy", "asyncpg", "redis")},
+        "quick": args.quick,
         "scale": scale,
         "results": results,
     }

@@ -279,9 +279,11 @@ class SessionRegistry:
         if self._backend == "none":
             return
         runtime = await self._started()
-        await runtime.sync()
         if runtime.projection.session(session_id) is None:
-            raise SessionNotFound(session_id)
+            # Not known here yet: it may have been opened elsewhere a moment ago.
+            await runtime.sync()
+            if runtime.projection.session(session_id) is None:
+                raise SessionNotFound(session_id)
         event = ClientMessage(session_id=session_id, payload=orjson.dumps(message))
         await runtime.log.append([event], worker=self.worker_id)
 

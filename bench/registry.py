@@ -1,0 +1,280 @@
+"""SessionRegistry across processes: delivery latency, replay speed, start from a snapshot.
+
+    python -m bench.registry [--quick] [--out bench/results/registry.json]
+
+Delivery: a holder process adds a session and answers it (``respond``); this
+process ``broadcast``s requests carrying their send time; the holder's handler
+echoes the time back, the reply goes through the log, and the holder's transport
+measures broadcast -> transport on the system-wide monotonic clock. Messages go
+out close together (20 ms apart) and after idle gaps (2 s). Per shared backend.
+
+Replay: a log of about 1M records (sessions with their messages and replies) is
+read, decoded and folded; then a worker starts from a snapshot at its head.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import statistics
+import tempfile
+import time
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from rich.console import Console
+from rich.table import Table
+
+from bench.eventlog import backends, machine
+from eventlog import (
+    ClientMessage,
+    Event,
+    MessageHandled,
+    OwnerClaimed,
+    ServerMessage,
+    SessionClosed,
+    SessionOpened,
+    open_log,
+)
+from gateway import HandlerContext, SessionRegistry
+from projections import SNAPSHOT_NAME, RegistryProjection, catch_up, encode_snapshot
+
+__all__ = ["main"]
+
+RESULTS = Path(__file__).parent / "results" / "registry.json"
+SPAWN = multiprocessing.get_context("spawn")
+TARGET_P50_MS = {"redis": 1.0, "postgresql": 2.0, "sqlite": 10.0}
+HANG_GUARD = 120.0
+
+
+class LatencyResult(msgspec.Struct):
+    backend: str
+    pattern: str  # "busy" (20 ms apart) or "after idle" (2 s apart)
+    messages: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+
+
+class ReplayResult(msgspec.Struct):
+    records: int
+    replay_seconds: float
+    records_per_second: float
+    snapshot_bytes: int
+    start_from_snapshot_seconds: float
+
+
+# -- delivery latency ------------------------------------------------------------------
+
+
+class _TimingTransport:
+    kind = "sse"
+
+    def __init__(self, latencies: list[float], done: asyncio.Event, expected: int) -> None:
+        self.latencies, self.done, self.expected = latencies, done, expected
+
+    async def send_message(self, message: dict[str, Any]) -> None:
+        sent_ns = message["result"]["t"]
+        self.latencies.append((time.monotonic_ns() - sent_ns) / 1e6)
+        if len(self.latencies) >= self.expected:
+            self.done.set()
+
+    async def disconnect(self) -> None:
+        self.done.set()
+
+    async def is_connected(self) -> bool:
+        return True
+
+
+async def _echo(message: dict[str, Any], ctx: HandlerContext) -> dict[str, Any] | None:
+    return {"jsonrpc": "2.0", "id": message["id"], "result": {"t": message["params"]["t"]}}
+
+
+def _hold(url: str, expected: int, ready: Any, results: Any) -> None:
+    async def run() -> None:
+        registry = SessionRegistry(log_url=url, handler=_echo, worker_id="holder")
+        await registry.initialize()
+        latencies: list[float] = []
+        done = asyncio.Event()
+        await registry.add_session("bench", _TimingTransport(latencies, done, expected))
+        responder = asyncio.create_task(registry.respond(None, {}, "bench"))
+        ready.set()
+        await asyncio.wait_for(done.wait(), HANG_GUARD)
+        results.put(latencies)
+        responder.cancel()
+        await registry.shutdown()
+
+    asyncio.run(run())
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def bench_latency(backend: str, url: str, busy: int, idle: int) -> list[LatencyResult]:
+    ready, results = SPAWN.Event(), SPAWN.Queue()
+    holder = SPAWN.Process(target=_hold, args=(url, busy + idle, ready, results))
+    holder.start()
+    sender = SessionRegistry(log_url=url, worker_id="sender")
+    await sender.initialize()
+    try:
+        await asyncio.to_thread(ready.wait, HANG_GUARD)
+        for i, gap in enumerate([0.02] * busy + [2.0] * idle):
+            await asyncio.sleep(gap)
+            message = {"jsonrpc": "2.0", "id": i, "method": "ping"}
+            message["params"] = {"t": time.monotonic_ns()}
+            await sender.broadcast("bench", message)
+        latencies = await asyncio.to_thread(results.get, timeout=HANG_GUARD)
+        await asyncio.to_thread(holder.join, HANG_GUARD)
+    finally:
+        await sender.shutdown()
+        if holder.is_alive():
+            holder.kill()
+    out = []
+    for pattern, values in (("busy", latencies[:busy]), ("after idle", latencies[busy:])):
+        out.append(
+            LatencyResult(
+                backend=backend,
+                pattern=pattern,
+                messages=len(values),
+                p50_ms=statistics.median(values),
+                p95_ms=_percentile(values, 0.95),
+                p99_ms=_percentile(values, 0.99),
+                max_ms=max(values),
+            )
+        )
+    return out
+
+
+# -- replay and snapshot start ---------------------------------------------------------------
+
+
+def _session_events(i: int, messages: int) -> list[Event]:
+    session_id = f"session-{i}"
+    events: list[Event] = [
+        SessionOpened(session_id=session_id, transport="sse"),
+        OwnerClaimed(session_id=session_id, owner=f"worker-{i % 4}"),
+    ]
+    for m in range(messages):
+        request = ClientMessage(
+            session_id=session_id,
+            payload=b'{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{}}' % m,
+        )
+        events += [
+            request,
+            ServerMessage(
+                session_id=session_id,
+                payload=b'{"jsonrpc":"2.0","id":%d,"result":{"content":[]}}' % m,
+                reply_to=request.id,
+            ),
+            MessageHandled(session_id=session_id, message_id=request.id),
+        ]
+    if i % 2:
+        events.append(SessionClosed(session_id=session_id, reason="client"))
+    return events
+
+
+async def bench_replay(directory: Path, records: int) -> ReplayResult:
+    url = f"sqlite:///{directory}/replay.db"
+    log = await open_log(url, durability="off")
+    try:
+        batch: list[Event] = []
+        i = 0
+        while await log.head() + len(batch) < records:
+            batch += _session_events(i, messages=30)
+            i += 1
+            if len(batch) >= 2_000:
+                await log.append(batch, worker="bench")
+                batch = []
+        if batch:
+            await log.append(batch, worker="bench")
+        total = await log.head()
+        started = time.perf_counter()
+        projection = RegistryProjection()
+        await catch_up(log, projection)
+        replay_seconds = time.perf_counter() - started
+        snapshot = encode_snapshot(projection)
+        await log.save_snapshot(SNAPSHOT_NAME, projection.position, snapshot)
+    finally:
+        await log.close()
+    started = time.perf_counter()
+    worker = SessionRegistry(log_url=url)
+    await worker.initialize(housekeeping=False)
+    start_seconds = time.perf_counter() - started
+    assert worker.runtime.projection.state == projection.state
+    await worker.shutdown()
+    return ReplayResult(
+        records=total,
+        replay_seconds=replay_seconds,
+        records_per_second=total / replay_seconds,
+        snapshot_bytes=len(snapshot),
+        start_from_snapshot_seconds=start_seconds,
+    )
+
+
+# -- report --------------------------------------------------------------------------------
+
+
+def render(latency: list[LatencyResult], replay: ReplayResult) -> list[Table]:
+    table = Table(title="Broadcast -> transport across processes (ms)")
+    for column in ("backend", "pattern", "messages", "p50", "p95", "p99", "max", "p50 target"):
+        table.add_column(column, justify="left" if column in ("backend", "pattern") else "right")
+    for r in latency:
+        table.add_row(
+            r.backend,
+            r.pattern,
+            str(r.messages),
+            *(f"{v:.2f}" for v in (r.p50_ms, r.p95_ms, r.p99_ms, r.max_ms)),
+            f"<= {TARGET_P50_MS[r.backend]:g}",
+        )
+    replay_table = Table(title="Replay and worker start (SQLite log)")
+    for column in ("records", "replay s", "records/s", "snapshot", "start from snapshot s"):
+        replay_table.add_column(column, justify="right")
+    replay_table.add_row(
+        f"{replay.records:,}",
+        f"{replay.replay_seconds:.2f}",
+        f"{replay.records_per_second:,.0f} (target >= 500,000)",
+        f"{replay.snapshot_bytes / 2**20:.1f} MiB",
+        f"{replay.start_from_snapshot_seconds:.3f} (target < 1)",
+    )
+    return [table, replay_table]
+
+
+async def run(quick: bool) -> tuple[list[LatencyResult], ReplayResult]:
+    busy, idle = (20, 2) if quick else (300, 15)
+    latency: list[LatencyResult] = []
+    with tempfile.TemporaryDirectory() as directory, backends(Path(directory)) as urls:
+        for backend in ("sqlite", "postgresql", "redis"):
+            url = urls[backend].replace("NS", "registry")
+            latency += await bench_latency(backend, url, busy, idle)
+        replay = await bench_replay(Path(directory), 20_000 if quick else 1_000_000)
+    return latency, replay
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    latency, replay = asyncio.run(run(args.quick))
+    console = Console()
+    for table in render(latency, replay):
+        console.print(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "machine": machine(),
+        "versions": {p: version(p) for p in ("msgspec", "sqlalchemy", "asyncpg", "redis")},
+        "quick": args.quick,
+        "latency": latency,
+        "replay": replay,
+    }
+    args.out.write_bytes(msgspec.json.format(msgspec.json.encode(report)))
+
+
+if __name__ == "__main__":
+    main()
