@@ -81,7 +81,7 @@ def registry_table(report: dict[str, Any]) -> str:
         f"| {start:.3f} s, snapshot {replay['snapshot_bytes'] / 2**20:.1f} MiB "
         f"(< 1 s: {_verdict(start, 1.0, higher_is_better=False)}) |",
     ]
-    return "\n".join(rows + ["", _machine(report)])
+    return "\n".join([*rows, "", _machine(report)])
 
 
 SECTIONS: dict[str, Callable[[dict[str, Any]], str]] = {
