@@ -115,8 +115,11 @@ class _Wakeup:
     async def wait(self, generation: int, at_most: float | None) -> None:
         if generation != self.generation:
             return
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can turn a cancellation that
+        # races its timeout into a TimeoutError, and a tail would never stop.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._event.wait(), at_most)
+            async with asyncio.timeout(at_most):
+                await self._event.wait()
 
 
 class EventLog(ABC):
@@ -187,7 +190,8 @@ class EventLog(ABC):
         return self._decode(rows), (rows[-1].position if rows else after)
 
     async def tail(self, after: int = 0, *, limit: int = 1000) -> AsyncIterator[Record]:
-        """Yield every record after ``after``, in order, then wait for new ones, forever.
+        """Yield every record after ``after``, in order, then wait for new ones, until
+        the log is closed.
 
         One tail serves a whole worker: it costs one wait on the backend (a blocking
         read, a notification channel or a head poll), never one per session. While
@@ -195,10 +199,12 @@ class EventLog(ABC):
         """
         position = after
         delay = 0.01
-        while True:
+        while not self._closed:  # a closed log ends its tails
             try:
                 rows = await self._tail_rows(position, limit)
             except LogUnavailable as exc:
+                if self._closed:
+                    return
                 if delay == 0.01:
                     logger.warning("tail of %s waiting for the backend: %s", self.url, exc)
                 await asyncio.sleep(delay)
