@@ -11,27 +11,21 @@ concurrent appends are group-committed; ``events/append`` is how many events eac
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
-import os
-import platform
 import secrets
 import tempfile
 import time
-from collections.abc import Iterator
-from importlib.metadata import version
 from pathlib import Path
-from typing import Any
 
 import msgspec
 from rich.console import Console
 from rich.table import Table
 
 from eventlog import EventLog, WorkerHeartbeat, open_log
-from tests.servers import PostgresServer, RedisServer
 
-__all__ = ["machine", "main"]
+from .harness import backends, parse_args, write_report
+
+__all__ = ["main"]
 
 RESULTS = Path(__file__).parent / "results" / "eventlog.json"
 TARGETS = {"memory": 500_000, "sqlite": 100_000, "redis": 100_000, "postgresql": 50_000}
@@ -49,22 +43,6 @@ class Result(msgspec.Struct):
     seconds: float
     per_second: float
     commits: int | None = None
-
-
-def machine() -> dict[str, Any]:
-    """Cores, memory and CPU model of this machine, for every results file."""
-    model = platform.processor()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cores": os.cpu_count(),
-        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "cpu": model,
-        "python": platform.python_version(),
-    }
 
 
 async def _append_case(log: EventLog, appenders: int, per_append: int, total: int) -> Result:
@@ -121,25 +99,6 @@ async def bench_backend(backend: str, url: str, scale: int) -> list[Result]:
     return results
 
 
-@contextlib.contextmanager
-def backends(directory: Path) -> Iterator[dict[str, str]]:
-    (directory / "pg").mkdir()
-    (directory / "redis").mkdir()
-    postgres, redis = PostgresServer(directory / "pg"), RedisServer(directory / "redis")
-    try:
-        postgres.start()
-        redis.start()
-        yield {
-            "memory": "memory://",
-            "sqlite": f"sqlite:///{directory}/NS.db",
-            "postgresql": f"{postgres.url}?namespace=NS",
-            "redis": f"{redis.url}?namespace=NS",
-        }
-    finally:
-        postgres.stop()
-        redis.stop()
-
-
 def render(results: list[Result]) -> Table:
     table = Table(title="EventLog throughput (events/s)")
     for column in (
@@ -178,22 +137,11 @@ async def run(scale: int) -> list[Result]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
+    args = parse_args(__doc__, RESULTS, argv)
     scale = 2_000 if args.quick else 50_000
     results = asyncio.run(run(scale))
     Console().print(render(results))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    report = {
-        "machine": machine(),
-        "versions": {p: version(p) for p in ("msgspec", "sqlalchemy", "asyncpg", "redis")},
-        "quick": args.quick,
-        "scale": scale,
-        "results": results,
-    }
-    args.out.write_bytes(msgspec.json.format(msgspec.json.encode(report)))
+    write_report(args.out, args.quick, scale=scale, results=results)
 
 
 if __name__ == "__main__":

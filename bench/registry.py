@@ -14,13 +14,11 @@ read, decoded and folded; then a worker starts from a snapshot at its head.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import multiprocessing
 import statistics
 import tempfile
 import time
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,6 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from bench.eventlog import backends, machine
 from eventlog import (
     ClientMessage,
     Event,
@@ -41,6 +38,8 @@ from eventlog import (
 )
 from gateway import HandlerContext, SessionRegistry
 from projections import SNAPSHOT_NAME, RegistryProjection, catch_up, encode_snapshot
+
+from .harness import backends, parse_args, write_report
 
 __all__ = ["main"]
 
@@ -257,23 +256,12 @@ async def run(quick: bool) -> tuple[list[LatencyResult], ReplayResult]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
+    args = parse_args(__doc__, RESULTS, argv)
     latency, replay = asyncio.run(run(args.quick))
     console = Console()
     for table in render(latency, replay):
         console.print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    report = {
-        "machine": machine(),
-        "versions": {p: version(p) for p in ("msgspec", "sqlalchemy", "asyncpg", "redis")},
-        "quick": args.quick,
-        "latency": latency,
-        "replay": replay,
-    }
-    args.out.write_bytes(msgspec.json.format(msgspec.json.encode(report)))
+    write_report(args.out, args.quick, latency=latency, replay=replay)
 
 
 if __name__ == "__main__":

@@ -164,6 +164,17 @@ class SessionRegistry:
             await self.initialize()
         return self.runtime
 
+    async def _synced(self, doing: str, session_id: str) -> WorkerRuntime | None:
+        """The runtime caught up to the log's head; None (logged) if the log is down,
+        for the queries that answer None then, as the reference's do."""
+        try:
+            runtime = await self._started()
+            await runtime.sync()
+        except LogUnavailable as exc:
+            logger.error("cannot %s %s: %s", doing, session_id, exc)
+            return None
+        return runtime
+
     # -- sessions ------------------------------------------------------------------
 
     async def add_session(self, session_id: str, transport: Transport) -> None:
@@ -203,13 +214,8 @@ class SessionRegistry:
             return False
         if self.get_session_sync(session_id) is not None:
             return True
-        try:
-            runtime = await self._started()
-            await runtime.sync()
-        except LogUnavailable as exc:
-            logger.error("cannot check session %s: %s", session_id, exc)
-            return None
-        return runtime.projection.session(session_id) is not None
+        runtime = await self._synced("check session", session_id)
+        return None if runtime is None else runtime.projection.session(session_id) is not None
 
     async def get_all_session_ids(self) -> list[str]:
         """The sessions held on this worker (as the reference: local ones)."""
@@ -256,13 +262,8 @@ class SessionRegistry:
     async def get_session_owner(self, session_id: str) -> str | None:
         if self._backend == "none":
             return None
-        try:
-            runtime = await self._started()
-            await runtime.sync()
-        except LogUnavailable as exc:
-            logger.error("cannot get the owner of session %s: %s", session_id, exc)
-            return None
-        return runtime.projection.state.users.get(session_id)
+        runtime = await self._synced("get the owner of session", session_id)
+        return None if runtime is None else runtime.projection.state.users.get(session_id)
 
     # -- messages --------------------------------------------------------------------
 
@@ -390,11 +391,8 @@ class SessionRegistry:
     async def get_client_capabilities(self, session_id: str) -> dict[str, Any] | None:
         if self._backend == "none":
             return None
-        try:
-            runtime = await self._started()
-            await runtime.sync()
-        except LogUnavailable as exc:
-            logger.error("cannot read capabilities of session %s: %s", session_id, exc)
+        runtime = await self._synced("read capabilities of session", session_id)
+        if runtime is None:
             return None
         session = runtime.projection.session(session_id)
         return session.capabilities if session is not None and session.capabilities else None

@@ -1,0 +1,72 @@
+"""What every benchmark shares: the servers it runs against, the machine, the report."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+from collections.abc import Iterator
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from tests.servers import PostgresServer, RedisServer
+
+__all__ = ["backends", "machine", "parse_args", "write_report"]
+
+
+def machine() -> dict[str, Any]:
+    """Cores, memory and CPU model of this machine, for every results file."""
+    model = platform.processor()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cores": os.cpu_count(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "cpu": model,
+        "python": platform.python_version(),
+    }
+
+
+@contextlib.contextmanager
+def backends(directory: Path) -> Iterator[dict[str, str]]:
+    (directory / "pg").mkdir()
+    (directory / "redis").mkdir()
+    postgres, redis = PostgresServer(directory / "pg"), RedisServer(directory / "redis")
+    try:
+        postgres.start()
+        redis.start()
+        yield {
+            "memory": "memory://",
+            "sqlite": f"sqlite:///{directory}/NS.db",
+            "postgresql": f"{postgres.url}?namespace=NS",
+            "redis": f"{redis.url}?namespace=NS",
+        }
+    finally:
+        postgres.stop()
+        redis.stop()
+
+
+def parse_args(doc: str, default_out: Path, argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
+    parser.add_argument("--out", type=Path, default=default_out)
+    return parser.parse_args(argv)
+
+
+def write_report(out: Path, quick: bool, **results: Any) -> None:
+    """Results as JSON, with the machine and library versions they were measured with."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "machine": machine(),
+        "versions": {p: version(p) for p in ("msgspec", "sqlalchemy", "asyncpg", "redis")},
+        "quick": quick,
+        **results,
+    }
+    out.write_bytes(msgspec.json.format(msgspec.json.encode(report)))
