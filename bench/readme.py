@@ -71,6 +71,23 @@ def registry_table(report: dict[str, Any]) -> str:
             f"| {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.2f} "
             f"| {LATENCY_TARGETS[r['backend']]} |"
         )
+    if report.get("idle"):
+        rows += [
+            "",
+            "Idle cost of open sessions on one worker (targets at 10,000: connections and "
+            "operations flat in the session count, CPU < 2 %, < 20 KiB a session):",
+            "",
+            "| backend | sessions | connections | backend ops/s | CPU % | KiB/session |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for i in report["idle"]:
+            connections = "-" if i["connections"] is None else i["connections"]
+            ops = i["backend_ops_per_second"]
+            rows.append(
+                f"| {i['backend']} | {i['sessions']:,} | {connections} "
+                f"| {'-' if ops is None else f'{ops:.1f}'} | {i['cpu_percent']:.2f} "
+                f"| {i['kib_per_session']:.1f} |"
+            )
     replay = report["replay"]
     rate, start = replay["records_per_second"], replay["start_from_snapshot_seconds"]
     rows += [

@@ -8,6 +8,10 @@ echoes the time back, the reply goes through the log, and the holder's transport
 measures broadcast -> transport on the system-wide monotonic clock. Messages go
 out close together (20 ms apart) and after idle gaps (2 s). Per shared backend.
 
+Idle cost: one worker holds 100, 1,000 and 10,000 sessions and does nothing for a
+while: its connections to the backend, the backend's operations per second (as the
+server counts them), its CPU, and its memory per session.
+
 Replay: a log of about 1M records (sessions with their messages and replies) is
 read, decoded and folded; then a worker starts from a snapshot at its head.
 """
@@ -16,13 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import msgspec
+import redis.asyncio as aioredis
 from rich.console import Console
 from rich.table import Table
 
@@ -150,6 +157,96 @@ async def bench_latency(backend: str, url: str, busy: int, idle: int) -> list[La
     return out
 
 
+# -- idle cost -------------------------------------------------------------------------------
+
+
+class IdleResult(msgspec.Struct):
+    backend: str
+    sessions: int
+    seconds: float
+    connections: int | None  # to the backend, this worker's (None: a file, no server)
+    backend_ops_per_second: float | None  # commands (Redis) or transactions (PostgreSQL)
+    cpu_percent: float
+    kib_per_session: float
+
+
+class _IdleTransport:
+    kind = "sse"
+
+    async def send_message(self, message: dict[str, Any]) -> None:
+        pass
+
+    async def disconnect(self) -> None:
+        pass
+
+    async def is_connected(self) -> bool:
+        return True
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+async def _server_counters(backend: str, url: str) -> tuple[int, int] | None:
+    """(connections, operations so far) as the server counts them, minus our asking."""
+    if backend == "redis":
+        client = aioredis.from_url(url.split("?", 1)[0])
+        try:
+            clients = (await client.info("clients"))["connected_clients"]
+            stats = await client.info("commandstats")
+            calls = sum(v["calls"] for v in stats.values())
+            return clients - 1, calls
+        finally:
+            await client.aclose()
+    if backend == "postgresql":
+        connection = await asyncpg.connect(url.split("?", 1)[0])
+        try:
+            row = await connection.fetchrow(
+                "SELECT (SELECT count(*) FROM pg_stat_activity"
+                "        WHERE datname = current_database() AND pid <> pg_backend_pid()),"
+                "       (SELECT xact_commit + xact_rollback FROM pg_stat_database"
+                "        WHERE datname = current_database())"
+            )
+            return int(row[0]), int(row[1])
+        finally:
+            await connection.close()
+    return None
+
+
+async def bench_idle(backend: str, url: str, sessions: int, window: float) -> IdleResult:
+    registry = SessionRegistry(log_url=url)
+    await registry.initialize()
+    try:
+        rss_before = _rss_kib()
+        for start in range(0, sessions, 200):
+            await asyncio.gather(
+                *(
+                    registry.add_session(f"idle-{backend}-{i}", _IdleTransport())
+                    for i in range(start, min(start + 200, sessions))
+                )
+            )
+        rss_after = _rss_kib()
+        before = await _server_counters(backend, url)
+        cpu_before, started = os.times(), time.monotonic()
+        await asyncio.sleep(window)  # idle: what does holding the sessions cost?
+        cpu_after, seconds = os.times(), time.monotonic() - started
+        after = await _server_counters(backend, url)
+    finally:
+        await registry.shutdown()
+    cpu = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
+    return IdleResult(
+        backend=backend,
+        sessions=sessions,
+        seconds=seconds,
+        connections=after[0] if after else None,
+        # Our own counter query is one operation (transaction) of each reading.
+        backend_ops_per_second=(after[1] - before[1] - 1) / seconds if after and before else None,
+        cpu_percent=100 * cpu / seconds,
+        kib_per_session=(rss_after - rss_before) / sessions,
+    )
+
+
 # -- replay and snapshot start ---------------------------------------------------------------
 
 
@@ -219,7 +316,9 @@ async def bench_replay(directory: Path, records: int) -> ReplayResult:
 # -- report --------------------------------------------------------------------------------
 
 
-def render(latency: list[LatencyResult], replay: ReplayResult) -> list[Table]:
+def render(
+    latency: list[LatencyResult], idle: list[IdleResult], replay: ReplayResult
+) -> list[Table]:
     table = Table(title="Broadcast -> transport across processes (ms)")
     for column in ("backend", "pattern", "messages", "p50", "p95", "p99", "max", "p50 target"):
         table.add_column(column, justify="left" if column in ("backend", "pattern") else "right")
@@ -231,6 +330,18 @@ def render(latency: list[LatencyResult], replay: ReplayResult) -> list[Table]:
             *(f"{v:.2f}" for v in (r.p50_ms, r.p95_ms, r.p99_ms, r.max_ms)),
             f"<= {TARGET_P50_MS[r.backend]:g}",
         )
+    idle_table = Table(title="Idle cost of open sessions on one worker")
+    for column in ("backend", "sessions", "connections", "ops/s", "CPU %", "KiB/session"):
+        idle_table.add_column(column, justify="left" if column == "backend" else "right")
+    for i in idle:
+        idle_table.add_row(
+            i.backend,
+            f"{i.sessions:,}",
+            "-" if i.connections is None else str(i.connections),
+            "-" if i.backend_ops_per_second is None else f"{i.backend_ops_per_second:.1f}",
+            f"{i.cpu_percent:.2f}",
+            f"{i.kib_per_session:.1f}",
+        )
     replay_table = Table(title="Replay and worker start (SQLite log)")
     for column in ("records", "replay s", "records/s", "snapshot", "start from snapshot s"):
         replay_table.add_column(column, justify="right")
@@ -241,27 +352,32 @@ def render(latency: list[LatencyResult], replay: ReplayResult) -> list[Table]:
         f"{replay.snapshot_bytes / 2**20:.1f} MiB",
         f"{replay.start_from_snapshot_seconds:.3f} (target < 1)",
     )
-    return [table, replay_table]
+    return [table, idle_table, replay_table]
 
 
-async def run(quick: bool) -> tuple[list[LatencyResult], ReplayResult]:
-    busy, idle = (20, 2) if quick else (300, 15)
+async def run(quick: bool) -> tuple[list[LatencyResult], list[IdleResult], ReplayResult]:
+    busy, idle_gaps = (20, 2) if quick else (300, 15)
+    sizes, window = ((100,), 1.0) if quick else ((100, 1_000, 10_000), 10.0)
     latency: list[LatencyResult] = []
+    idle: list[IdleResult] = []
     with tempfile.TemporaryDirectory() as directory, backends(Path(directory)) as urls:
         for backend in ("sqlite", "postgresql", "redis"):
             url = urls[backend].replace("NS", "registry")
-            latency += await bench_latency(backend, url, busy, idle)
+            latency += await bench_latency(backend, url, busy, idle_gaps)
+            for size in sizes:
+                idle_url = urls[backend].replace("NS", f"idle{size}")
+                idle.append(await bench_idle(backend, idle_url, size, window))
         replay = await bench_replay(Path(directory), 20_000 if quick else 1_000_000)
-    return latency, replay
+    return latency, idle, replay
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(__doc__, RESULTS, argv)
-    latency, replay = asyncio.run(run(args.quick))
+    latency, idle, replay = asyncio.run(run(args.quick))
     console = Console()
-    for table in render(latency, replay):
+    for table in render(latency, idle, replay):
         console.print(table)
-    write_report(args.out, args.quick, latency=latency, replay=replay)
+    write_report(args.out, args.quick, latency=latency, idle=idle, replay=replay)
 
 
 if __name__ == "__main__":

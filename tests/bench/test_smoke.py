@@ -30,4 +30,5 @@ def test_benchmark_runs_and_writes_results(name: str, tmp_path: Path) -> None:
     else:
         assert {r["backend"] for r in report["latency"]} == {"sqlite", "postgresql", "redis"}
         assert all(r["messages"] > 0 for r in report["latency"])
+        assert {r["backend"] for r in report["idle"]} == {"sqlite", "postgresql", "redis"}
         assert report["replay"]["records"] >= 20_000
