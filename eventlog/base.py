@@ -317,14 +317,15 @@ class EventLog(ABC):
     # -- shared machinery --------------------------------------------------------
 
     def _decode(self, rows: list[Row]) -> list[Record]:
-        records = []
+        records: list[Record] = []
+        append, decode = records.append, decode_event
         for row in rows:
             try:
-                event = decode_event(row.data)
+                event = decode(row.data)
             except CodecError as exc:
                 self._skip(row.position, exc)
                 continue
-            records.append(Record(position=row.position, at=row.at, worker=row.worker, event=event))
+            append(Record(position=row.position, at=row.at, worker=row.worker, event=event))
         return records
 
     def _skip(self, position: int, exc: CodecError) -> None:

@@ -9,6 +9,8 @@ head: one cheap query per worker, never per session.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -27,6 +29,10 @@ from .sql import SQLEventLog
 __all__ = ["SQLiteEventLog"]
 
 Durability = Literal["off", "normal", "full"]
+
+# Timeouts
+WATCH_BURST = 0.05  # s of polling at poll_interval after the database files changed
+WATCH_FALLBACK = 0.25  # s between polls with a file watch and no change: a safety net
 T = TypeVar("T")
 
 
@@ -61,6 +67,10 @@ class SQLiteEventLog(SQLEventLog):
         # microseconds, less than a hop to another thread would.
         self._poller: sqlite3.Connection | None = None
         self._read_sql = self._rows_after_sql("?", "?")
+        # Change notifications for the database files: None until a tail first waits,
+        # False where the platform has none (then tails poll every poll_interval).
+        self._watch: _FileWatch | Literal[False] | None = None
+        self._changed_at = 0.0
 
     @property
     def _known_ids_sql(self) -> str:
@@ -120,7 +130,10 @@ class SQLiteEventLog(SQLEventLog):
             return conn.execute(self._snapshot_query(name)).scalar()
 
     async def _wait(self, after: int, generation: int) -> None:
+        if self._watch is None:
+            self._watch = _FileWatch.start(self._path, self._on_file_change)
         query = f"SELECT max(position) FROM {self._schema.events.name}"
+        loop = asyncio.get_running_loop()
         while generation == self._wakeup.generation:
             with self._translate_errors():
                 if self._poller is None:
@@ -128,9 +141,19 @@ class SQLiteEventLog(SQLEventLog):
                 (head,) = self._poller.execute(query).fetchone()
             if (head or 0) > after:
                 return
-            await self._wakeup.wait(generation, self._poll_interval)
+            # Polling every few ms costs CPU even when idle, so with a file watch we poll
+            # only just after the file changed (the commit becomes visible a moment
+            # after its last write), and otherwise wait for the next change.
+            busy = self._watch is False or loop.time() - self._changed_at < WATCH_BURST
+            await self._wakeup.wait(generation, self._poll_interval if busy else WATCH_FALLBACK)
+
+    def _on_file_change(self) -> None:
+        self._changed_at = asyncio.get_running_loop().time()
+        self._wakeup.notify()
 
     async def _close(self) -> None:
+        if self._watch:
+            self._watch.stop()
         self._wakeup.notify()
         if self._poller is not None:
             self._poller.close()
@@ -165,3 +188,32 @@ def _engine(url: Any, durability: str, busy_timeout: float, size: int, begin: st
             connection.exec_driver_sql(begin)
 
     return engine
+
+
+class _FileWatch:
+    """Calls back when the database file or its WAL changes, from any process (inotify)."""
+
+    def __init__(self, inotify: Any, names: set[str], callback: Callable[[], None]) -> None:
+        self._inotify, self._names, self._callback = inotify, names, callback
+
+    @classmethod
+    def start(cls, path: str, callback: Callable[[], None]) -> _FileWatch | Literal[False]:
+        try:
+            from inotify_simple import INotify, flags
+        except ImportError:  # not Linux
+            return False
+        directory, name = os.path.split(os.path.abspath(path))
+        inotify = INotify(nonblocking=True)
+        inotify.add_watch(directory, flags.MODIFY | flags.CREATE | flags.MOVED_TO)
+        watch = cls(inotify, {name, f"{name}-wal"}, callback)
+        asyncio.get_running_loop().add_reader(inotify.fileno(), watch._readable)
+        return watch
+
+    def _readable(self) -> None:
+        if any(event.name in self._names for event in self._inotify.read(timeout=0)):
+            self._callback()
+
+    def stop(self) -> None:
+        with contextlib.suppress(RuntimeError, ValueError):
+            asyncio.get_running_loop().remove_reader(self._inotify.fileno())
+        self._inotify.close()

@@ -111,6 +111,7 @@ class WorkerRuntime:
         clock: Callable[[], float] = time.time,
         # Timeouts
         heartbeat_interval: float = 5.0,
+        sweep_interval: float = 30.0,
         worker_ttl: float = 15.0,
         session_ttl: float = 3600.0,
         message_ttl: float = 600.0,
@@ -122,6 +123,7 @@ class WorkerRuntime:
         self.handler = handler
         self.clock = clock
         self.heartbeat_interval = heartbeat_interval
+        self.sweep_interval = sweep_interval
         self.worker_ttl = worker_ttl
         self.session_ttl = session_ttl
         self.message_ttl = message_ttl
@@ -187,12 +189,18 @@ class WorkerRuntime:
             logger.warning("snapshot not saved: %s", exc)
 
     async def _housekeeping(self) -> None:
+        # Heartbeats are one append; a sweep looks at every session, so it runs less
+        # often: TTLs are minutes, and idle CPU must not grow with the session count.
+        beats_per_sweep = max(1, round(self.sweep_interval / self.heartbeat_interval))
+        beat = 0
         while True:
             try:
                 await self.heartbeat()
-                await self.sweep()
+                if beat % beats_per_sweep == 0:
+                    await self.sweep()
             except LogUnavailable as exc:
                 logger.warning("housekeeping: %s", exc)
+            beat += 1
             await asyncio.sleep(self.heartbeat_interval)
 
     # -- sessions held here --------------------------------------------------------

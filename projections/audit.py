@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 
@@ -9,9 +10,37 @@ from eventlog import EventLog, Record
 
 from .registry import RegistryProjection
 
-__all__ = ["records", "state_at", "timeline"]
+__all__ = ["pages", "records", "state_at", "timeline"]
 
 PAGE = 5_000
+
+
+async def pages(
+    log: EventLog, after: int = 0, until: int | None = None
+) -> AsyncIterator[tuple[list[Record], int]]:
+    """The decodable records after ``after`` up to ``until`` (default: the head now),
+    page by page, each with the position it reached (past undecodable records too).
+
+    The next page is read while the caller works on this one.
+    """
+    until = await log.head() if until is None else until
+    position = after
+
+    def read(start: int) -> asyncio.Task[tuple[list[Record], int]]:
+        return asyncio.ensure_future(log.read_page(after=start, limit=min(PAGE, until - start)))
+
+    upcoming = read(position) if position < until else None
+    try:
+        while upcoming is not None:
+            page, reached = await upcoming
+            if reached == position:
+                return
+            position = reached
+            upcoming = read(position) if position < until else None
+            yield page, reached
+    finally:
+        if upcoming is not None:
+            upcoming.cancel()
 
 
 async def records(
@@ -24,17 +53,11 @@ async def records(
 
     ``progress`` is told the position reached after each page (skipped records too).
     """
-    until = await log.head() if until is None else until
-    position = after
-    while position < until:
-        page, reached = await log.read_page(after=position, limit=min(PAGE, until - position))
-        if reached == position:
-            return
+    async for page, reached in pages(log, after, until):
         for record in page:
             yield record
-        position = reached
         if progress is not None:
-            progress(position)
+            progress(reached)
 
 
 async def timeline(

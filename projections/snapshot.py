@@ -11,7 +11,7 @@ import msgspec
 
 from eventlog import EventLog
 
-from .audit import records
+from .audit import pages
 from .registry import RegistryProjection, RegistryState
 
 __all__ = [
@@ -62,10 +62,9 @@ async def catch_up(log: EventLog, projection: RegistryProjection, until: int | N
     Returns the number of records newly applied.
     """
     applied = 0
-
-    def reached(position: int) -> None:
-        projection.advance(position)
-
-    async for record in records(log, projection.position, until, progress=reached):
-        applied += projection.apply(record)
+    apply = projection.apply
+    async for page, reached in pages(log, projection.position, until):
+        for record in page:
+            applied += apply(record)
+        projection.advance(reached)
     return applied
