@@ -62,12 +62,13 @@ def eventlog_table(report: dict[str, Any]) -> str:
 
 def registry_table(report: dict[str, Any]) -> str:
     rows = [
-        "| backend | pattern | messages | p50 ms | p95 ms | p99 ms | max ms | target |",
-        "|---|---|---:|---:|---:|---:|---:|---|",
+        "| backend | path | pattern | messages | p50 ms | p95 ms | p99 ms | max ms | target |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in report["latency"]:
         rows.append(
-            f"| {r['backend']} | {r['pattern']} | {r['messages']} | {r['p50_ms']:.2f} "
+            f"| {r['backend']} | {r['path']} | {r['pattern']} | {r['messages']} "
+            f"| {r['p50_ms']:.2f} "
             f"| {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.2f} "
             f"| {LATENCY_TARGETS[r['backend']]} |"
         )

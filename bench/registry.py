@@ -60,6 +60,9 @@ HANG_GUARD = 120.0
 class LatencyResult(msgspec.Struct):
     backend: str
     pattern: str  # "busy" (20 ms apart) or "after idle" (2 s apart)
+    # "handler sends": the handler writes straight to the transport (the reference
+    # benchmark's setup); "reply through the log": the reply is appended, then delivered.
+    path: str
     messages: int
     p50_ms: float
     p95_ms: float
@@ -97,17 +100,22 @@ class _TimingTransport:
         return True
 
 
-async def _echo(message: dict[str, Any], ctx: HandlerContext) -> dict[str, Any] | None:
-    return {"jsonrpc": "2.0", "id": message["id"], "result": {"t": message["params"]["t"]}}
-
-
-def _hold(url: str, expected: int, ready: Any, results: Any) -> None:
+def _hold(url: str, expected: int, via_log: bool, ready: Any, results: Any) -> None:
     async def run() -> None:
-        registry = SessionRegistry(log_url=url, handler=_echo, worker_id="holder")
-        await registry.initialize()
         latencies: list[float] = []
         done = asyncio.Event()
-        await registry.add_session("bench", _TimingTransport(latencies, done, expected))
+        transport = _TimingTransport(latencies, done, expected)
+
+        async def echo(message: dict[str, Any], ctx: HandlerContext) -> dict[str, Any] | None:
+            reply = {"jsonrpc": "2.0", "id": message["id"], "result": message["params"]}
+            if via_log:
+                return reply  # appended as a ServerMessage, then sent by the tail
+            await transport.send_message(reply)  # straight back, as the reference's test does
+            return None
+
+        registry = SessionRegistry(log_url=url, handler=echo, worker_id="holder")
+        await registry.initialize()
+        await registry.add_session("bench", transport)
         responder = asyncio.create_task(registry.respond(None, {}, "bench"))
         ready.set()
         await asyncio.wait_for(done.wait(), HANG_GUARD)
@@ -123,9 +131,11 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def bench_latency(backend: str, url: str, busy: int, idle: int) -> list[LatencyResult]:
+async def bench_latency(
+    backend: str, url: str, busy: int, idle: int, via_log: bool
+) -> list[LatencyResult]:
     ready, results = SPAWN.Event(), SPAWN.Queue()
-    holder = SPAWN.Process(target=_hold, args=(url, busy + idle, ready, results))
+    holder = SPAWN.Process(target=_hold, args=(url, busy + idle, via_log, ready, results))
     holder.start()
     sender = SessionRegistry(log_url=url, worker_id="sender")
     await sender.initialize()
@@ -143,11 +153,13 @@ async def bench_latency(backend: str, url: str, busy: int, idle: int) -> list[La
         if holder.is_alive():
             holder.kill()
     out = []
+    path = "reply through the log" if via_log else "handler sends"
     for pattern, values in (("busy", latencies[:busy]), ("after idle", latencies[busy:])):
         out.append(
             LatencyResult(
                 backend=backend,
                 pattern=pattern,
+                path=path,
                 messages=len(values),
                 p50_ms=statistics.median(values),
                 p95_ms=_percentile(values, 0.95),
@@ -320,11 +332,13 @@ def render(
     latency: list[LatencyResult], idle: list[IdleResult], replay: ReplayResult
 ) -> list[Table]:
     table = Table(title="Broadcast -> transport across processes (ms)")
-    for column in ("backend", "pattern", "messages", "p50", "p95", "p99", "max", "p50 target"):
-        table.add_column(column, justify="left" if column in ("backend", "pattern") else "right")
+    columns = ("backend", "path", "pattern", "messages", "p50", "p95", "p99", "max", "p50 target")
+    for column in columns:
+        table.add_column(column, justify="right" if column in columns[3:] else "left")
     for r in latency:
         table.add_row(
             r.backend,
+            r.path,
             r.pattern,
             str(r.messages),
             *(f"{v:.2f}" for v in (r.p50_ms, r.p95_ms, r.p99_ms, r.max_ms)),
@@ -363,7 +377,8 @@ async def run(quick: bool) -> tuple[list[LatencyResult], list[IdleResult], Repla
     with tempfile.TemporaryDirectory() as directory, backends(Path(directory)) as urls:
         for backend in ("sqlite", "postgresql", "redis"):
             url = urls[backend].replace("NS", "registry")
-            latency += await bench_latency(backend, url, busy, idle_gaps)
+            for via_log in (False, True):
+                latency += await bench_latency(backend, url, busy, idle_gaps, via_log)
             for size in sizes:
                 idle_url = urls[backend].replace("NS", f"idle{size}")
                 idle.append(await bench_idle(backend, idle_url, size, window))

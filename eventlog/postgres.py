@@ -47,6 +47,7 @@ class PostgresEventLog(SQLEventLog):
         self._engine = create_async_engine(
             make_url(url).set(drivername="postgresql+asyncpg"),
             pool_size=pool_size,
+            # A round trip per checkout, but a server restart costs no failed call.
             pool_pre_ping=True,
             # One INSERT text for every batch size, sent through asyncpg's pipelined
             # executemany: multi-row VALUES would prepare a new statement per size.
@@ -56,6 +57,7 @@ class PostgresEventLog(SQLEventLog):
         self._listen_conn: AsyncConnection | None = None
         self._listen_driver: Any = None
         self._read_sql = self._rows_after_sql("$1", "$2")
+        self._head_sql = f"SELECT coalesce(max(position), 0) FROM {self._schema.events.name}"
 
     @property
     def _known_ids_sql(self) -> str:
@@ -95,7 +97,8 @@ class PostgresEventLog(SQLEventLog):
     async def _head(self) -> int:
         with self._translate_errors():
             async with self._engine.connect() as conn:
-                return (await conn.execute(self._schema.head)).scalar_one()
+                driver = (await conn.get_raw_connection()).driver_connection
+                return await driver.fetchval(self._head_sql)
 
     async def _save_snapshot(self, name: str, position: int, data: bytes) -> None:
         with self._translate_errors():
