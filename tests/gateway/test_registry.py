@@ -296,3 +296,19 @@ async def test_a_dead_workers_session_is_taken_over_and_its_messages_answered_on
     assert len([r for r in records if isinstance(r.event, ServerMessage)]) == 2
     await heir.shutdown()
     await asyncio.wait_for(responding, HANG_GUARD)
+
+
+async def test_sessions_cost_no_tasks_and_workers_announce_themselves() -> None:
+    registry = SessionRegistry(worker_id="w")
+    await registry.initialize()
+    tasks_before = len(asyncio.all_tasks())
+    for i in range(50):
+        await registry.add_session(f"s{i}", RecordingTransport())
+    assert len(asyncio.all_tasks()) == tasks_before  # one tail serves them all
+    await registry.runtime.heartbeat()
+    log = registry.runtime.log
+    await registry.shutdown()
+    # A closed memory log can still be read: what the worker wrote, start to stop.
+    kinds = [type(r.event).__name__ for r in await log.read(limit=1_000) if r.worker == "w"]
+    assert kinds[0] == "WorkerStarted" and kinds[-1] == "WorkerStopped"
+    assert "WorkerHeartbeat" in kinds
