@@ -107,15 +107,16 @@ end
 """
 
 
-def _position(entry_id: bytes) -> int:
-    return int(entry_id[entry_id.index(b"-") + 1 :])
-
-
-def _rows(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[Row]:
+def _rows(entries: list[list[Any]]) -> list[Row]:
+    # Raw entries: [b"0-<position>", [b"t", at, b"w", worker, b"d", data]], as written.
     return [
-        Row(_position(entry_id), float(fields[b"t"]), fields[b"w"].decode(), fields[b"d"])
+        Row(int(entry_id[2:]), float(fields[1]), fields[3].decode(), fields[5])
         for entry_id, fields in entries
     ]
+
+
+def _raw(response: Any, **_options: Any) -> Any:
+    return response
 
 
 class RedisEventLog(EventLog):
@@ -146,6 +147,10 @@ class RedisEventLog(EventLog):
             retry=Retry(ExponentialBackoff(cap=0.2, base=0.01), retries=2),
         )
         self._commit_script = self._redis.register_script(_COMMIT)
+        # Entries as the server sends them: redis-py would build a dict per entry, which
+        # costs more than the rest of a read. _rows reads the fields by place.
+        for command in ("XRANGE", "XREAD"):
+            self._redis.set_response_callback(command, _raw)
         self._save_snapshot_script = self._redis.register_script(_SAVE_SNAPSHOT)
 
     async def _open(self) -> None:
@@ -198,7 +203,9 @@ class RedisEventLog(EventLog):
                     {self._stream: f"0-{after}"}, count=limit, block=self._block_ms
                 )
             if reply:
-                return _rows(reply[0][1])
+                # One stream asked for: RESP3 answers a map, RESP2 a list of pairs.
+                (_, entries) = next(iter(reply.items())) if isinstance(reply, dict) else reply[0]
+                return _rows(entries)
 
     async def _head(self) -> int:
         with self._translate_errors():
