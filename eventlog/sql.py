@@ -23,14 +23,16 @@ from ._urls import check_namespace, redact
 from .base import Append, Claim, EventLog, Operation, Release, StoredEvent
 from .errors import EventLogError, LogUnavailable
 
-__all__ = ["SQLEventLog"]
+__all__ = ["EventRow", "SQLEventLog"]
+
+# An events row as inserted: position, event_id, session_id, at, worker, data.
+EventRow = tuple[int, str, str | None, float, str, bytes]
 
 
 class SQLEventLog(EventLog):
     def __init__(self, url: str, *, namespace: str, clock: Callable[[], float] = time.time) -> None:
         super().__init__(url=redact(url), clock=clock)
         self._schema = SQLSchema(check_namespace(namespace))
-        self._insert: str | None = None
 
     @contextlib.contextmanager
     def _translate_errors(self) -> Iterator[None]:
@@ -60,17 +62,20 @@ class SQLEventLog(EventLog):
             f"WHERE position > {first} ORDER BY position LIMIT {second}"
         )
 
-    def _apply(self, conn: Connection, operations: list[Operation]) -> tuple[list[object], int]:
-        """Apply ``operations`` inside the caller's locked transaction.
+    def _apply(
+        self, conn: Connection, operations: list[Operation]
+    ) -> tuple[list[object], list[EventRow]]:
+        """Apply ``operations`` inside the caller's locked transaction, but for the
+        events rows, which the caller inserts (each backend has its fastest way).
 
-        Returns one result per operation and how many records were written. Runs
-        synchronously: in a worker thread for SQLite, in ``run_sync`` for asyncpg.
+        Returns one result per operation and the new rows, all columns in table order.
+        Runs synchronously: in a worker thread for SQLite, in ``run_sync`` for asyncpg.
         """
         owners = self._schema.owners
         at = self.clock()
         head = conn.execute(self._schema.head).scalar_one()
         positions = self._known_positions(conn, operations)
-        new_rows: list[tuple[object, ...]] = []
+        new_rows: list[EventRow] = []
 
         def store(worker: str, event: StoredEvent) -> int:
             nonlocal head
@@ -107,17 +112,7 @@ class SQLEventLog(EventLog):
                     conn.execute(owners.delete().where(where))
                     store(operation.worker, operation.event)
                 results.append(owned)
-        if new_rows:
-            # Straight to the driver's executemany: SQLAlchemy's per-row parameter
-            # processing would cost more than the database's own work.
-            conn.exec_driver_sql(self._insert_sql(conn), new_rows)
-        return results, len(new_rows)
-
-    def _insert_sql(self, conn: Connection) -> str:
-        """INSERT of one events row, all columns in table order, in the driver's paramstyle."""
-        if self._insert is None:
-            self._insert = str(insert(self._schema.events).compile(dialect=conn.dialect))
-        return self._insert
+        return results, new_rows
 
     def _store_snapshot(self, conn: Connection, name: str, position: int, data: bytes) -> None:
         """Keep the newest snapshot of ``name``; the caller holds the write lock."""

@@ -67,6 +67,11 @@ class SQLiteEventLog(SQLEventLog):
         # microseconds, less than a hop to another thread would.
         self._poller: sqlite3.Connection | None = None
         self._read_sql = self._rows_after_sql("?", "?")
+        columns = [column.name for column in self._schema.events.columns]
+        self._insert_sql = (
+            f"INSERT INTO {self._schema.events.name} ({', '.join(columns)}) "
+            f"VALUES ({', '.join('?' for _ in columns)})"
+        )
         # Change notifications for the database files: None until a tail first waits,
         # False where the platform has none (then tails poll every poll_interval).
         self._watch: _FileWatch | Literal[False] | None = None
@@ -97,7 +102,11 @@ class SQLiteEventLog(SQLEventLog):
 
     def _commit_now(self, operations: list[Operation]) -> list[object]:
         with self._writer.begin() as conn:
-            results, _ = self._apply(conn, operations)
+            results, rows = self._apply(conn, operations)
+            if rows:
+                # Straight to the driver's executemany: SQLAlchemy's per-row parameter
+                # processing would cost more than SQLite's own work.
+                conn.exec_driver_sql(self._insert_sql, rows)
         return results
 
     async def _read_rows(self, after: int, limit: int) -> list[Row]:
