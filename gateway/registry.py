@@ -107,7 +107,7 @@ class SessionRegistry:
         self._message_ttl = message_ttl
         self._log_url = log_url or log_url_for(self._backend, redis_url, database_url)
         self.worker_id = worker_id or f"worker-{secrets.token_hex(6)}"
-        self._handler = handler or self._answer
+        self._handler = handler or self.answer_default
         self._clock = clock
         self._heartbeat_interval = heartbeat_interval
         # Dead after three missed heartbeats, unless told otherwise.
@@ -312,7 +312,9 @@ class SessionRegistry:
         if reply is not None:
             await transport.send_message(reply)
 
-    async def _answer(self, message: dict[str, Any], ctx: HandlerContext) -> dict[str, Any] | None:
+    async def answer_default(
+        self, message: dict[str, Any], ctx: HandlerContext
+    ) -> dict[str, Any] | None:
         """The default handler: initialize and ping here, nothing else."""
         if not isinstance(message, dict) or "id" not in message:
             return None  # notifications and responses need no answer
