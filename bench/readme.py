@@ -78,7 +78,7 @@ def registry_table(report: dict[str, Any]) -> str:
             "Idle cost of open sessions on one worker (targets at 10,000: connections and "
             "operations flat in the session count, CPU < 2 %, < 20 KiB a session):",
             "",
-            "| backend | sessions | connections | backend ops/s | CPU % | KiB/session |",
+            "| backend | sessions | connections | round trips/s | CPU % | KiB/session |",
             "|---|---:|---:|---:|---:|---:|",
         ]
         for i in report["idle"]:
@@ -86,7 +86,7 @@ def registry_table(report: dict[str, Any]) -> str:
             ops = i["backend_ops_per_second"]
             rows.append(
                 f"| {i['backend']} | {i['sessions']:,} | {connections} "
-                f"| {'-' if ops is None else f'{ops:.1f}'} | {i['cpu_percent']:.2f} "
+                f"| {ops:.1f} | {i['cpu_percent']:.2f} "
                 f"| {i['kib_per_session']:.1f} |"
             )
     replay = report["replay"]

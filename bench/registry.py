@@ -9,8 +9,8 @@ measures broadcast -> transport on the system-wide monotonic clock. Messages go
 out close together (20 ms apart) and after idle gaps (2 s). Per shared backend.
 
 Idle cost: one worker holds 100, 1,000 and 10,000 sessions and does nothing for a
-while: its connections to the backend, the backend's operations per second (as the
-server counts them), its CPU, and its memory per session.
+while: its connections to the backend (as the server counts them), the round trips it
+makes per second, its CPU, and its memory per session.
 
 Replay: a log of about 1M records (sessions with their messages and replies) is
 read, decoded and folded; then a worker starts from a snapshot at its head.
@@ -178,7 +178,8 @@ class IdleResult(msgspec.Struct):
     sessions: int
     seconds: float
     connections: int | None  # to the backend, this worker's (None: a file, no server)
-    backend_ops_per_second: float | None  # commands (Redis) or transactions (PostgreSQL)
+    # Round trips this worker makes: commits, reads, head queries, a waiting tail's checks.
+    backend_ops_per_second: float
     cpu_percent: float
     kib_per_session: float
 
@@ -196,30 +197,24 @@ class _IdleTransport:
         return True
 
 
-async def _server_counters(backend: str, url: str) -> tuple[int, int] | None:
-    """(connections, operations so far) as the server counts them, minus our asking."""
+async def _connections(backend: str, url: str) -> int | None:
+    """This worker's connections to the server, as the server counts them."""
     if backend == "redis":
         client = aioredis.from_url(url.split("?", 1)[0])
         try:
-            clients = (await client.info("clients"))["connected_clients"]
-            stats = await client.info("commandstats")
-            calls = sum(v["calls"] for v in stats.values())
-            return clients - 1, calls
+            return (await client.info("clients"))["connected_clients"] - 1  # minus ours
         finally:
             await client.aclose()
     if backend == "postgresql":
         connection = await asyncpg.connect(url.split("?", 1)[0])
         try:
-            row = await connection.fetchrow(
-                "SELECT (SELECT count(*) FROM pg_stat_activity"
-                "        WHERE datname = current_database() AND pid <> pg_backend_pid()),"
-                "       (SELECT xact_commit + xact_rollback FROM pg_stat_database"
-                "        WHERE datname = current_database())"
+            return await connection.fetchval(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
-            return int(row[0]), int(row[1])
         finally:
             await connection.close()
-    return None
+    return None  # a file: no connections to count
 
 
 async def bench_idle(backend: str, url: str, sessions: int, window: float) -> IdleResult:
@@ -239,11 +234,13 @@ async def bench_idle(backend: str, url: str, sessions: int, window: float) -> Id
             )
         allocated = tracemalloc.get_traced_memory()[0] - allocated_before
         tracemalloc.stop()
-        before = await _server_counters(backend, url)
+        stats = registry.runtime.log.stats
+        before = stats.commits + stats.queries
         cpu_before, started = os.times(), time.monotonic()
         await asyncio.sleep(window)  # idle: what does holding the sessions cost?
         cpu_after, seconds = os.times(), time.monotonic() - started
-        after = await _server_counters(backend, url)
+        operations = stats.commits + stats.queries - before
+        connections = await _connections(backend, url)
     finally:
         await registry.shutdown()
     cpu = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
@@ -251,9 +248,8 @@ async def bench_idle(backend: str, url: str, sessions: int, window: float) -> Id
         backend=backend,
         sessions=sessions,
         seconds=seconds,
-        connections=after[0] if after else None,
-        # Our own counter query is one operation (transaction) of each reading.
-        backend_ops_per_second=(after[1] - before[1] - 1) / seconds if after and before else None,
+        connections=connections,
+        backend_ops_per_second=operations / seconds,
         cpu_percent=100 * cpu / seconds,
         kib_per_session=allocated / 1024 / sessions,
     )

@@ -87,6 +87,9 @@ class LogStats(msgspec.Struct, kw_only=True):
     """Counters a log keeps about itself (process-local)."""
 
     commits: int = 0  # transactions (or pipelines) written
+    # Round trips to storage besides commits: reads (tails' included), head queries
+    # and a waiting tail's checks (SQLite head polls, PostgreSQL fallback reads).
+    queries: int = 0
     operations: int = 0  # append/claim/release calls those commits carried
     undecodable: int = 0  # distinct records skipped because they could not be decoded
 
@@ -186,6 +189,7 @@ class EventLog(ABC):
     async def read_page(self, after: int = 0, limit: int = 1000) -> tuple[list[Record], int]:
         """Like :meth:`read`, and also the position reached: that of the last row
         looked at, decodable or not (``after`` when there was none). Continue from it."""
+        self.stats.queries += 1
         rows = await self._read_rows(after, limit)
         return self._decode(rows), (rows[-1].position if rows else after)
 
@@ -217,6 +221,7 @@ class EventLog(ABC):
 
     async def head(self) -> int:
         """Return the last position in the log, 0 when it is empty."""
+        self.stats.queries += 1
         return await self._head()
 
     async def claim(
@@ -309,6 +314,7 @@ class EventLog(ABC):
         """Return at least one row after ``after``, waiting as long as it takes."""
         while True:
             generation = self._wakeup.generation
+            self.stats.queries += 1
             rows = await self._read_rows(after, limit)
             if rows:
                 return rows

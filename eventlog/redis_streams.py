@@ -198,6 +198,7 @@ class RedisEventLog(EventLog):
 
     async def _tail_rows(self, after: int, limit: int) -> list[Row]:
         while True:
+            self.stats.queries += 1
             with self._translate_errors():
                 reply = await self._redis.xread(
                     {self._stream: f"0-{after}"}, count=limit, block=self._block_ms

@@ -147,6 +147,7 @@ class SQLiteEventLog(SQLEventLog):
             with self._translate_errors():
                 if self._poller is None:
                     self._poller = sqlite3.connect(self._path, isolation_level=None)
+                self.stats.queries += 1
                 (head,) = self._poller.execute(query).fetchone()
             if (head or 0) > after:
                 return
