@@ -4,39 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from gateway import SessionRegistry
 from tests.gateway import _processes
 from tests.gateway.helpers import HANG_GUARD, request
-from tests.servers import PostgresServer, RedisServer
 
 SPAWN = multiprocessing.get_context("spawn")
-
-
-@pytest.fixture(params=["sqlite", "postgresql", "redis"])
-def log_url(request: pytest.FixtureRequest, tmp_path: Path, namespace: str) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/log.db"
-    if request.param == "postgresql":
-        server: PostgresServer = request.getfixturevalue("postgres_server")
-        return f"{server.url}?namespace={namespace}"
-    redis: RedisServer = request.getfixturevalue("redis_server")
-    return f"{redis.url}?namespace={namespace}"
 
 
 async def next_event(events: Any) -> tuple[str, str | None, Any]:
     return await asyncio.to_thread(events.get, timeout=HANG_GUARD)
 
 
-async def test_two_processes_behave_as_one_registry(log_url: str) -> None:
+async def test_two_processes_behave_as_one_registry(shared_log_url: str) -> None:
     events = SPAWN.Queue()
-    holder = SPAWN.Process(target=_processes.hold, args=(log_url, "A", events))
+    holder = SPAWN.Process(target=_processes.hold, args=(shared_log_url, "A", events))
     holder.start()
-    other = SessionRegistry(log_url=log_url, worker_id="B")
+    other = SessionRegistry(log_url=shared_log_url, worker_id="B")
     await other.initialize()
     try:
         assert await next_event(events) == ("disconnected", "s2", None)  # A removed it
@@ -66,12 +51,12 @@ async def test_two_processes_behave_as_one_registry(log_url: str) -> None:
             holder.kill()
 
 
-async def test_owner_claims_race_across_processes(log_url: str) -> None:
+async def test_owner_claims_race_across_processes(shared_log_url: str) -> None:
     barrier, results = SPAWN.Barrier(4), SPAWN.Queue()
     processes = [
         SPAWN.Process(
             target=_processes.claim_owner,
-            args=(log_url, "s", f"user{i}@example.com", barrier, results),
+            args=(shared_log_url, "s", f"user{i}@example.com", barrier, results),
         )
         for i in range(4)
     ]

@@ -11,7 +11,6 @@ import orjson
 import pytest
 
 from tests.gateway.serving import serve
-from tests.servers import PostgresServer, RedisServer
 
 # Guards against hangs only.
 HANG_GUARD = 30.0
@@ -32,21 +31,10 @@ async def sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[st
             data.append(line[5:].strip())
 
 
-@pytest.fixture(params=["sqlite", "postgresql", "redis"])
-def log_url(request: pytest.FixtureRequest, tmp_path: Path, namespace: str) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/log.db"
-    if request.param == "postgresql":
-        server: PostgresServer = request.getfixturevalue("postgres_server")
-        return f"{server.url}?namespace={namespace}"
-    redis: RedisServer = request.getfixturevalue("redis_server")
-    return f"{redis.url}?namespace={namespace}"
-
-
 async def test_a_message_posted_to_one_worker_is_answered_on_the_others_stream(
-    log_url: str,
+    shared_log_url: str,
 ) -> None:
-    with serve(log_url) as worker_a, serve(log_url) as worker_b:
+    with serve(shared_log_url) as worker_a, serve(shared_log_url) as worker_b:
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{worker_a}/sse") as stream:
                 assert stream.headers["Content-Type"].startswith("text/event-stream")
