@@ -114,6 +114,9 @@ class SessionRegistry:
         self._worker_ttl = worker_ttl if worker_ttl is not None else 3 * heartbeat_interval
         self._log: EventLog | None = None
         self._runtime: WorkerRuntime | None = None
+        # After shutdown() nothing starts the registry again behind the caller's back
+        # (a late call from a closing stream must not announce the worker anew).
+        self._shut_down = False
 
     # -- life cycle --------------------------------------------------------------
 
@@ -125,6 +128,7 @@ class SessionRegistry:
         """
         if self._backend == "none" or self._runtime is not None:
             return
+        self._shut_down = False
         self._log = await open_log(self._log_url, clock=self._clock)
         runtime = WorkerRuntime(
             self._log,
@@ -146,6 +150,7 @@ class SessionRegistry:
 
     async def shutdown(self) -> None:
         """Disconnect local sessions, record this worker's stop, close the log."""
+        self._shut_down = True
         runtime, self._runtime = self._runtime, None
         if runtime is not None:
             await runtime.stop()
@@ -161,6 +166,8 @@ class SessionRegistry:
 
     async def _started(self) -> WorkerRuntime:
         if self._runtime is None:
+            if self._shut_down:
+                raise RuntimeError("SessionRegistry has been shut down")
             await self.initialize()
         return self.runtime
 

@@ -72,6 +72,18 @@ async def test_add_get_remove(registry: SessionRegistry) -> None:
     assert history[-1].event.reason == "removed"  # type: ignore[union-attr]
 
 
+async def test_a_shut_down_registry_does_not_start_again_by_itself() -> None:
+    registry = SessionRegistry()
+    await registry.initialize()
+    await registry.shutdown()
+    with pytest.raises(RuntimeError, match="shut down"):
+        await registry.add_session("s", RecordingTransport())
+    await registry.initialize()  # unless asked to
+    await registry.add_session("s", RecordingTransport())
+    assert await registry.session_exists("s") is True
+    await registry.shutdown()
+
+
 async def test_broadcast_to_a_session_that_does_not_exist_fails(registry: SessionRegistry) -> None:
     with pytest.raises(SessionNotFound, match="nowhere"):
         await registry.broadcast("nowhere", request(1, "ping"))
