@@ -20,6 +20,7 @@ from aiohttp_sse import EventSourceResponse, sse_response
 
 from eventlog import LogUnavailable
 
+from .errors import SessionNotFound
 from .protocol import INVALID_REQUEST, PARSE_ERROR, error_response
 from .registry import SessionRegistry
 
@@ -93,13 +94,12 @@ async def post_message(request: web.Request) -> web.Response:
         return _rpc_error(400, PARSE_ERROR, "Parse error: the body is not JSON")
     if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
         return _rpc_error(400, INVALID_REQUEST, "Invalid Request: not a JSON-RPC 2.0 message")
-    exists = await registry.session_exists(session_id)
-    if exists is None:
-        return _rpc_error(503, INVALID_REQUEST, "the session log is unavailable; retry")
-    if not exists:
-        return _rpc_error(404, INVALID_REQUEST, f"unknown session {session_id}")
+    # broadcast checks that the session exists (catching up only when this worker does
+    # not know it yet), so a POST costs one append and no extra head query.
     try:
         await registry.broadcast(session_id, message)
+    except SessionNotFound:
+        return _rpc_error(404, INVALID_REQUEST, f"unknown session {session_id}")
     except LogUnavailable:
         return _rpc_error(503, INVALID_REQUEST, "the session log is unavailable; retry")
     return web.Response(status=202, text="Accepted")

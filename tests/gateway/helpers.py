@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
+
+from eventlog import EventLog, Record
 
 # Guards against hangs only; nothing asserts how fast anything is.
 HANG_GUARD = 30.0
@@ -67,3 +70,15 @@ class FakeClock:
 
 def request(request_id: int, method: str, **params: Any) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
+
+
+async def wait_for_record(log: EventLog, matches: Callable[[Record], bool]) -> Record:
+    """The first record in ``log`` that ``matches``, waiting on its tail for it."""
+
+    async def find() -> Record:
+        async for record in log.tail():
+            if matches(record):
+                return record
+        raise AssertionError("the log closed first")
+
+    return await asyncio.wait_for(find(), HANG_GUARD)

@@ -10,10 +10,16 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from eventlog import MessageHandled, ServerMessage, SessionClosed, open_log
+from eventlog import ClientMessage, MessageHandled, ServerMessage, SessionClosed, open_log
 from gateway import HandlerContext, SessionNotFound, SessionRegistry
 from projections import SNAPSHOT_NAME, load_latest, timeline
-from tests.gateway.helpers import HANG_GUARD, FakeClock, RecordingTransport, request
+from tests.gateway.helpers import (
+    HANG_GUARD,
+    FakeClock,
+    RecordingTransport,
+    request,
+    wait_for_record,
+)
 from tests.servers import RedisServer
 
 
@@ -106,13 +112,21 @@ async def test_every_broadcast_is_answered_in_order_even_before_respond(
     assert sent[0]["result"]["serverInfo"]["name"] == "sessionlog"
     assert sent[1] == {"jsonrpc": "2.0", "id": 2, "result": {}}
     assert sent[2]["error"]["code"] == -32601
+    # The notification gets no reply; wait (on the log's tail) for it to be handled.
+    log = registry.runtime.log
+    notification = await wait_for_record(
+        log,
+        lambda r: isinstance(r.event, ClientMessage) and b"notifications/" in r.event.payload,
+    )
+    await wait_for_record(
+        log,
+        lambda r: (
+            isinstance(r.event, MessageHandled) and r.event.message_id == notification.event.id
+        ),
+    )
     await registry.runtime.sync()
     session = registry.runtime.projection.session("s")
     assert session is not None
-    for _ in range(100):  # the notification is handled (no reply) shortly after
-        if not session.pending:
-            break
-        await asyncio.sleep(0.01)
     assert session.pending == {}
     await registry.remove_session("s")
     await responding
