@@ -244,13 +244,15 @@ class EventLog(ABC):
         assert owner is None or isinstance(owner, str)
         return owner
 
-    async def release(self, session_id: str, worker: str, *, role: Role = "worker") -> bool:
+    async def release(
+        self, session_id: str, worker: str, *, role: Role = "worker", reason: str | None = None
+    ) -> bool:
         """Give up ownership of ``session_id`` if ``worker`` holds it.
 
-        Appends :class:`OwnerReleased` in the same atomic step. Returns whether
-        ``worker`` was the owner.
+        Appends :class:`OwnerReleased` (with ``reason``, if given) in the same atomic
+        step. Returns whether ``worker`` was the owner.
         """
-        event = OwnerReleased(session_id=session_id, owner=worker, role=role)
+        event = OwnerReleased(session_id=session_id, owner=worker, role=role, reason=reason)
         released = await self._submit(Release(_owner_key(session_id, role), worker, _stored(event)))
         return bool(released)
 

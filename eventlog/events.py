@@ -83,12 +83,17 @@ class OwnerReleased(BaseEvent, frozen=True, kw_only=True):
     session_id: str
     owner: str
     role: Role = "worker"
+    # Why a worker let go of a stream it held ("worker_stopped": SIGTERM), when known.
+    reason: str | None = None
 
 
 class ClientMessage(BaseEvent, frozen=True, kw_only=True):
     session_id: str
     # Raw JSON-RPC bytes as the client sent them; never re-parsed on the way through.
     payload: bytes
+    # The worker answering it within the client's own HTTP request (Streamable HTTP);
+    # None: the session's owner answers it.
+    answered_by: str | None = None
 
 
 class ServerMessage(BaseEvent, frozen=True, kw_only=True):

@@ -1,4 +1,4 @@
-"""The gateway's aiohttp application: one registry, the MCP transports on it."""
+"""The gateway's aiohttp application: one registry, both MCP transports on it."""
 
 from __future__ import annotations
 
@@ -6,24 +6,52 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from . import operations, sse, streamable_http
+from .auth import build_authenticator
 from .dispatch import Dispatcher
+from .http import MAX_BODY, guards
 from .registry import SessionRegistry
-from .sse import MAX_BODY, add_routes
+from .settings import Settings
+from .streams import StreamLimits
 
 __all__ = ["build_app"]
 
 
-def build_app(log_url: str, *, worker_id: str | None = None) -> web.Application:
-    dispatcher = Dispatcher()
-    registry = SessionRegistry(log_url=log_url, worker_id=worker_id, handler=dispatcher)
+def build_app(settings: Settings, *, worker_id: str | None = None) -> web.Application:
+    """The gateway for ``settings``.
+
+    Raises:
+        ValueError: settings that cannot work (a bad log URL, conflicting auth).
+    """
+    authenticator = build_authenticator(
+        token=settings.auth_token,
+        jwt_secret=settings.jwt_secret,
+        jwt_public_key=settings.jwt_public_key,
+        audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer,
+    )
+    dispatcher = Dispatcher(settings.upstream)
+    registry = SessionRegistry(
+        log_url=settings.log_url,
+        worker_id=worker_id,
+        handler=dispatcher,
+        session_ttl=int(settings.session_ttl),
+        heartbeat_interval=settings.heartbeat_interval,
+    )
     dispatcher.registry = registry
-    app = web.Application(client_max_size=MAX_BODY)
-    add_routes(app, registry)
+    metrics = operations.Metrics(registry)
+    limits = StreamLimits(settings.max_streams_per_identity, settings.max_sessions)
+    app = web.Application(client_max_size=MAX_BODY, middlewares=guards(settings, authenticator))
+    sse.add_routes(app, registry, limits)
+    streamable_http.add_routes(app, registry, limits)
+    operations.add_routes(app, registry, metrics)
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         await registry.initialize()
+        registry.runtime.delivery_observer = metrics.delivery_latency.observe
         yield
         await registry.shutdown()
+        await dispatcher.close()
 
     async def close_streams(app: web.Application) -> None:
         # Before the server waits for open requests: ends every stream it holds, so a

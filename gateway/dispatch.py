@@ -15,9 +15,13 @@ __all__ = ["Dispatcher"]
 class Dispatcher:
     """initialize and ping as the registry answers them; tools from the built-ins."""
 
-    def __init__(self) -> None:
+    def __init__(self, upstream: str | None = None) -> None:
+        self.upstream_url = upstream
         # Set once the registry that calls this dispatcher exists (each needs the other).
         self.registry: SessionRegistry | None = None
+
+    async def close(self) -> None:
+        pass
 
     async def __call__(self, message: dict[str, Any], ctx: HandlerContext) -> dict[str, Any] | None:
         if not isinstance(message, dict) or "id" not in message or "method" not in message:

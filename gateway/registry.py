@@ -164,7 +164,9 @@ class SessionRegistry:
             raise RuntimeError("SessionRegistry.initialize() has not been awaited")
         return self._runtime
 
-    async def _started(self) -> WorkerRuntime:
+    async def started(self) -> WorkerRuntime:
+        """The worker runtime, starting the registry on first use (as the reference's
+        methods do); never after :meth:`shutdown`."""
         if self._runtime is None:
             if self._shut_down:
                 raise RuntimeError("SessionRegistry has been shut down")
@@ -175,7 +177,7 @@ class SessionRegistry:
         """The runtime caught up to the log's head; None (logged) if the log is down,
         for the queries that answer None then, as the reference's do."""
         try:
-            runtime = await self._started()
+            runtime = await self.started()
             await runtime.sync()
         except LogUnavailable as exc:
             logger.error("cannot %s %s: %s", doing, session_id, exc)
@@ -184,24 +186,27 @@ class SessionRegistry:
 
     # -- sessions ------------------------------------------------------------------
 
-    async def add_session(self, session_id: str, transport: Transport) -> None:
-        """Hold ``session_id``'s transport on this worker, opening the session if new.
+    async def add_session(
+        self, session_id: str, transport: Transport, *, user: str | None = None
+    ) -> None:
+        """Hold ``session_id``'s transport on this worker, opening the session if new
+        (as ``user``'s, when given).
 
         When the call returns, every worker sees the session. If another worker held
         it, this worker takes it over (the client's newest stream wins).
         """
         if self._backend == "none":
             return
-        runtime = await self._started()
+        runtime = await self.started()
         kind = getattr(transport, "kind", "sse")
-        await runtime.open_session(session_id, transport, kind)
+        await runtime.open_session(session_id, transport, kind, user)
         logger.info("added session %s", session_id)
 
     async def remove_session(self, session_id: str, reason: str = "removed") -> None:
         """Disconnect the local transport, release ownership and record the close."""
         if self._backend == "none":
             return
-        runtime = await self._started()
+        runtime = await self.started()
         await runtime.close_session(session_id, reason)  # type: ignore[arg-type]
         logger.info("removed session %s (%s)", session_id, reason)
 
@@ -236,7 +241,7 @@ class SessionRegistry:
         """Make ``owner_email`` the session's owner, or clear the owner with None."""
         if self._backend == "none":
             return
-        runtime = await self._started()
+        runtime = await self.started()
         await runtime.sync()
         for _ in range(OWNER_ATTEMPTS):
             current = runtime.projection.state.users.get(session_id)
@@ -258,7 +263,7 @@ class SessionRegistry:
         if self._backend == "none":
             return owner_email
         try:
-            runtime = await self._started()
+            runtime = await self.started()
             owner = await runtime.log.claim(session_id, owner_email, role="user")
             await runtime.sync()
             return owner
@@ -286,7 +291,7 @@ class SessionRegistry:
         """
         if self._backend == "none":
             return
-        runtime = await self._started()
+        runtime = await self.started()
         if runtime.projection.session(session_id) is None:
             # Not known here yet: it may have been opened elsewhere a moment ago.
             await runtime.sync()
@@ -303,7 +308,7 @@ class SessionRegistry:
         """
         if self._backend == "none":
             return
-        runtime = await self._started()
+        runtime = await self.started()
         await runtime.respond(session_id, HandlerContext(session_id, server_id, user))
 
     async def generate_response(
@@ -375,7 +380,7 @@ class SessionRegistry:
         client_info: dict[str, Any] | None,
         capabilities: dict[str, Any],
     ) -> None:
-        runtime = await self._started()
+        runtime = await self.started()
         session = runtime.projection.session(session_id)
         # What this call does not say is kept from what was recorded before.
         if protocol_version is None:

@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -40,10 +40,11 @@ from eventlog import (
 )
 from eventlog.events import CloseReason
 from projections import (
+    SERVER_HISTORY,
     SNAPSHOT_EVERY,
     SNAPSHOT_NAME,
-    PendingMessage,
     RegistryProjection,
+    SentMessage,
     catch_up,
     encode_snapshot,
     load_latest,
@@ -58,12 +59,18 @@ logger = logging.getLogger("sessionlog.gateway")
 
 # Limits
 TAKEOVER_ATTEMPTS = 5  # compare-and-set rounds before add_session gives up
+OUTBOX_LIMIT = 1000  # server messages queued for one stream before its client counts as stuck
 # Timeouts
 STOP_GRACE = 2.0  # seconds stop() waits for background tasks to end
 
 
 class Transport(Protocol):
-    """Where a session's server messages go: an SSE stream, or anything alike."""
+    """Where a session's server messages go: an SSE stream, or anything alike.
+
+    A transport may also define ``async deliver(message: SentMessage)``: then it gets
+    each server message with its log position (its SSE event id) instead of
+    ``send_message``, and chooses which messages its stream carries.
+    """
 
     async def send_message(self, message: dict[str, Any]) -> None: ...
 
@@ -72,11 +79,20 @@ class Transport(Protocol):
     async def is_connected(self) -> bool: ...
 
 
+# Sends a server message related to the request being handled (a progress or log
+# notification) to wherever that request's answer goes.
+RelatedSender = Callable[[dict[str, Any]], Awaitable[None]]
+
+
 @dataclass(frozen=True)
 class HandlerContext:
     session_id: str
     server_id: str | None
     user: dict[str, Any]
+    # Set while a handler answers one client message: that message's event id, and
+    # how to send messages related to it before the answer.
+    message_id: str | None = None
+    send_related: RelatedSender | None = None
 
 
 # Answers one client message: the reply to append, or None (notifications, responses).
@@ -88,7 +104,7 @@ class _LocalSession:
     """A session whose transport this worker holds."""
 
     transport: Transport
-    outbox: Mailbox[bytes]
+    outbox: Mailbox[SentMessage]
     inbox: Mailbox[str]
     # Set by respond(): who is answering, and when respond() may return.
     context: HandlerContext | None = None
@@ -134,6 +150,14 @@ class WorkerRuntime:
         self._chores: set[asyncio.Task[None]] = set()  # one-off tasks, kept from the GC
         self._sync_lock = asyncio.Lock()
         self._snapshot_mark = 0
+        # Told how long each server message for a stream held here took from its
+        # append to its fold (the gateway's delivery-latency metric).
+        self.delivery_observer: Callable[[float], None] | None = None
+        # Streams following one client message (resumed request streams), by its id.
+        self._followers: dict[str, list[asyncio.Queue[SentMessage]]] = {}
+        # Workers seen dead at the last heartbeat: a newly dead one's messages need
+        # answering elsewhere.
+        self._dead_workers: set[str] = set()
 
     # -- life cycle --------------------------------------------------------------
 
@@ -155,10 +179,17 @@ class WorkerRuntime:
             self._tasks.append(task)
 
     async def stop(self) -> None:
-        """Close the sessions held here, say WorkerStopped, stop the background tasks."""
-        for session_id in list(self.local):
+        """End the streams held here, releasing their sessions with the reason
+        "worker_stopped" (their clients may resume them on another worker), say
+        WorkerStopped, stop the background tasks."""
+        held = list(self.local)
+        for session_id in held:
             await self._drop_local(session_id, disconnect=True)
         with contextlib.suppress(LogUnavailable):
+            # Concurrent, so group commit writes every release in one transaction.
+            await asyncio.gather(
+                *(self.release_stream(session_id, "worker_stopped") for session_id in held)
+            )
             await self.log.append([WorkerStopped()], worker=self.worker_id)
         tasks = [*self._tasks, *self._chores]
         for task in tasks:
@@ -196,6 +227,7 @@ class WorkerRuntime:
         while True:
             try:
                 await self.heartbeat()
+                self._requeue_for_dead_workers()
                 if beat % beats_per_sweep == 0:
                     await self.sweep()
             except LogUnavailable as exc:
@@ -205,7 +237,9 @@ class WorkerRuntime:
 
     # -- sessions held here --------------------------------------------------------
 
-    async def open_session(self, session_id: str, transport: Transport, kind: str) -> None:
+    async def open_session(
+        self, session_id: str, transport: Transport, kind: str, user: str | None = None
+    ) -> None:
         """Hold ``session_id``'s transport here and make this worker its owner.
 
         Opens the session in the log if it is not open; takes it over from its
@@ -222,7 +256,7 @@ class WorkerRuntime:
         )
         try:
             if self.projection.session(session_id) is None:
-                opened = SessionOpened(session_id=session_id, transport=kind)
+                opened = SessionOpened(session_id=session_id, transport=kind, user=user)
                 await self.log.append([opened], worker=self.worker_id)
                 await self.sync()
             for _ in range(TAKEOVER_ATTEMPTS):
@@ -240,6 +274,11 @@ class WorkerRuntime:
             if self.local.get(session_id) is local:
                 del self.local[session_id]
             raise
+
+    async def release_stream(self, session_id: str, reason: str) -> None:
+        """Give up this worker's hold on the session without closing it, saying why."""
+        await self._drop_local(session_id, disconnect=True)
+        await self.log.release(session_id, self.worker_id, reason=reason)
 
     async def close_session(self, session_id: str, reason: CloseReason) -> None:
         """Disconnect the local transport, give up ownership, record why it closed."""
@@ -281,6 +320,10 @@ class WorkerRuntime:
     def _react(self, record: Record) -> None:
         """Called for every newly folded record; schedules work, never awaits."""
         event = record.event
+        if isinstance(event, ServerMessage) and event.reply_to in self._followers:
+            sent = SentMessage(record.position, event.payload, event.reply_to)
+            for followed in self._followers[event.reply_to]:
+                followed.put_nowait(sent)
         session_id = getattr(event, "session_id", None)
         if session_id is None:
             return
@@ -288,9 +331,16 @@ class WorkerRuntime:
         if local is None:
             return
         if isinstance(event, ServerMessage):
-            local.outbox.put(event.payload)
+            if self.delivery_observer is not None:
+                self.delivery_observer(max(0.0, self.clock() - record.at))
+            local.outbox.put(SentMessage(record.position, event.payload, event.reply_to))
+            if len(local.outbox) > OUTBOX_LIMIT:
+                # The client reads slower than it is sent to: end its stream rather
+                # than queue without bound. It may resume from its last event id.
+                logger.warning("session %s: client too slow; ending its stream", session_id)
+                self._spawn(self._release_quietly(session_id, "slow_client"))
         elif isinstance(event, ClientMessage):
-            if local.context is not None and self._owns(session_id):
+            if event.answered_by is None and local.context is not None and self._owns(session_id):
                 self._queue(session_id, local, event.id)
         elif local.owned and (
             isinstance(event, SessionClosed)
@@ -318,18 +368,42 @@ class WorkerRuntime:
             local.inbox.put(message_id)
 
     def _queue_pending(self, session_id: str, local: _LocalSession) -> None:
+        """Queue the session's unanswered client messages that are this owner's to
+        answer: all but those a live worker is answering within their request."""
         session = self.projection.session(session_id)
         if session is not None and session.owner == self.worker_id:
-            for message_id in session.pending:
-                self._queue(session_id, local, message_id)
+            now = self.clock()
+            for message_id, pending in session.pending.items():
+                answerer = pending.answered_by
+                if answerer is None or not self.projection.is_alive(answerer, now, self.worker_ttl):
+                    self._queue(session_id, local, message_id)
 
-    def _sender(self, session_id: str) -> Callable[[bytes], Awaitable[None]]:
-        async def send(payload: bytes) -> None:
+    def _requeue_for_dead_workers(self) -> None:
+        """Once a worker is seen dead, the messages it was answering within their
+        requests fall to the owners of their sessions."""
+        now = self.clock()
+        dead = {
+            worker.worker
+            for worker in self.projection.state.workers.values()
+            if not worker.alive(now, self.worker_ttl)
+        }
+        newly_dead, self._dead_workers = dead - self._dead_workers, dead
+        if newly_dead:
+            for session_id, local in self.local.items():
+                if local.context is not None:
+                    self._queue_pending(session_id, local)
+
+    def _sender(self, session_id: str) -> Callable[[SentMessage], Awaitable[None]]:
+        async def send(message: SentMessage) -> None:
             local = self.local.get(session_id)
             if local is None:
                 return
+            deliver = getattr(local.transport, "deliver", None)
             try:
-                await local.transport.send_message(orjson.loads(payload))
+                if deliver is not None:
+                    await deliver(message)
+                else:
+                    await local.transport.send_message(orjson.loads(message.payload))
             except Exception as exc:
                 logger.info("session %s: transport failed (%s); closing it", session_id, exc)
                 self._spawn(self._close_quietly(session_id, "disconnected"))
@@ -344,17 +418,53 @@ class WorkerRuntime:
                 pending = session.pending.get(message_id) if session is not None else None
                 if local is None or local.context is None or pending is None:
                     return  # handled elsewhere, expired, or the session is gone
-                await self._answer(session_id, pending, local.context)
+                message = orjson.loads(pending.payload)
+                try:
+                    await self.answer(session_id, message_id, message, local.context)
+                except LogUnavailable as exc:
+                    # Still pending in the log: the next sweep queues it again.
+                    logger.warning("session %s: reply not recorded yet: %s", session_id, exc)
             finally:
                 if local is not None:
                     local.queued.discard(message_id)
 
         return handle
 
-    async def _answer(self, session_id: str, pending: PendingMessage, ctx: HandlerContext) -> None:
-        message: Any = None
+    # -- answering client messages ----------------------------------------------------
+
+    async def accept(self, session_id: str, payload: bytes) -> tuple[str, int]:
+        """Record a client message that this worker answers within its request;
+        return its event id and log position. Durable when this returns."""
+        event = ClientMessage(session_id=session_id, payload=payload, answered_by=self.worker_id)
+        [position] = await self.log.append([event], worker=self.worker_id)
+        return event.id, position
+
+    async def answer(
+        self,
+        session_id: str,
+        message_id: str,
+        message: Any,
+        ctx: HandlerContext,
+        send_related: Callable[[SentMessage], Awaitable[None]] | None = None,
+    ) -> SentMessage | None:
+        """Run the handler on one recorded client message and record its outcome.
+
+        The reply and the outcome have ids derived from the message's, so answering
+        the same message twice (a takeover racing its first answerer) records one
+        reply. Related messages the handler sends are recorded first and passed to
+        ``send_related``. Returns the reply as recorded, or None (no reply due).
+        """
+
+        async def related(payload: dict[str, Any]) -> None:
+            event = ServerMessage(
+                session_id=session_id, payload=orjson.dumps(payload), reply_to=message_id
+            )
+            [position] = await self.log.append([event], worker=self.worker_id)
+            if send_related is not None:
+                await send_related(SentMessage(position, event.payload, message_id))
+
+        ctx = HandlerContext(ctx.session_id, ctx.server_id, ctx.user, message_id, related)
         try:
-            message = orjson.loads(pending.payload)
             reply = await self.handler(message, ctx)
         except Exception as exc:
             logger.exception("session %s: the handler failed", session_id)
@@ -364,24 +474,107 @@ class WorkerRuntime:
         if reply is not None:
             events.append(
                 ServerMessage(
-                    id=derived_event_id(pending.message_id, "reply"),
+                    id=derived_event_id(message_id, "reply"),
                     session_id=session_id,
                     payload=orjson.dumps(reply),
-                    reply_to=pending.message_id,
+                    reply_to=message_id,
                 )
             )
         events.append(
             MessageHandled(
-                id=derived_event_id(pending.message_id, "outcome"),
+                id=derived_event_id(message_id, "outcome"),
                 session_id=session_id,
-                message_id=pending.message_id,
+                message_id=message_id,
             )
         )
+        positions = await self.log.append(events, worker=self.worker_id)
+        if reply is None:
+            return None
+        return SentMessage(positions[0], events[0].payload, message_id)  # type: ignore[union-attr]
+
+    async def follow_request(
+        self, session_id: str, message_id: str, after: int
+    ) -> AsyncIterator[SentMessage]:
+        """The server messages about one client message after ``after``, ending with
+        its answer: for a client resuming the stream of a request (its worker may
+        have died).
+
+        If no live worker is answering the message, it is answered here. Ends without
+        an answer when the message is gone unanswered (expired, session closed).
+        """
+        followed: asyncio.Queue[SentMessage] = asyncio.Queue()
+        self._followers.setdefault(message_id, []).append(followed)
         try:
-            await self.log.append(events, worker=self.worker_id)
+            await self.sync()
+            last = after
+            for sent in await self.replay(session_id, after, self.projection.position):
+                if sent.reply_to == message_id:
+                    last = sent.position
+                    yield sent
+                    if _is_response(sent):
+                        return
+            while True:
+                while not followed.empty():
+                    sent = followed.get_nowait()
+                    if sent.position > last:
+                        last = sent.position
+                        yield sent
+                        if _is_response(sent):
+                            return
+                session = self.projection.session(session_id)
+                pending = session.pending.get(message_id) if session is not None else None
+                if pending is None:
+                    return  # answered (and sent above), expired, or the session closed
+                answerer = pending.answered_by
+                if answerer is None or not self.projection.is_alive(
+                    answerer, self.clock(), self.worker_ttl
+                ):
+                    ctx = HandlerContext(session_id, None, {})
+                    await self.answer(session_id, message_id, orjson.loads(pending.payload), ctx)
+                    await self.sync()
+                    continue
+                # A live worker is answering it: wait for its messages, and look again
+                # every heartbeat in case that worker dies meanwhile.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.heartbeat_interval):
+                        await followed.put(await followed.get())
+                await self.sync()
+        finally:
+            queues = self._followers.get(message_id, [])
+            if followed in queues:
+                queues.remove(followed)
+            if not queues:
+                self._followers.pop(message_id, None)
+
+    async def replay(self, session_id: str, after: int, upto: int) -> list[SentMessage]:
+        """The session's server messages with positions in (after, upto], in order:
+        from the projection's history when it reaches back far enough, else the log."""
+        session = self.projection.session(session_id)
+        sent = session.sent if session is not None else []
+        if len(sent) < SERVER_HISTORY or sent[0].position <= after + 1:
+            return [m for m in sent if after < m.position <= upto]
+        found: list[SentMessage] = []
+        position = after
+        while position < upto:
+            records, reached = await self.log.read_page(position, 1000)
+            if reached == position:
+                break  # the log ends before ``upto`` (it should not)
+            position = reached
+            for record in records:
+                event = record.event
+                if (
+                    isinstance(event, ServerMessage)
+                    and event.session_id == session_id
+                    and record.position <= upto
+                ):
+                    found.append(SentMessage(record.position, event.payload, event.reply_to))
+        return found
+
+    async def _release_quietly(self, session_id: str, reason: str) -> None:
+        try:
+            await self.release_stream(session_id, reason)
         except LogUnavailable as exc:
-            # Still pending in the log: the next sweep queues it again.
-            logger.warning("session %s: reply not recorded yet: %s", session_id, exc)
+            logger.warning("session %s: release not recorded: %s", session_id, exc)
 
     async def _close_quietly(self, session_id: str, reason: CloseReason) -> None:
         try:
@@ -435,3 +628,9 @@ class WorkerRuntime:
         if expired:
             await self.log.append(expired, worker=self.worker_id)
             await self.sync()
+
+
+def _is_response(message: SentMessage) -> bool:
+    """Whether a server message is the answer to a request (not a notification)."""
+    payload = orjson.loads(message.payload)
+    return isinstance(payload, dict) and "method" not in payload

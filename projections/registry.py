@@ -50,6 +50,7 @@ class PendingMessage(msgspec.Struct, array_like=True, gc=False):
     position: int
     at: float
     payload: bytes
+    answered_by: str | None = None
 
 
 class SentMessage(msgspec.Struct, array_like=True, gc=False):
@@ -211,7 +212,7 @@ class RegistryProjection:
     def _client_message(self, record: Record, event: ClientMessage) -> None:
         if session := self._touch(record, event.session_id):
             session.pending[event.id] = PendingMessage(
-                event.id, record.position, record.at, event.payload
+                event.id, record.position, record.at, event.payload, event.answered_by
             )
 
     def _server_message(self, record: Record, event: ServerMessage) -> None:

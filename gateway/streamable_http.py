@@ -1,0 +1,246 @@
+"""MCP's Streamable HTTP transport (protocol 2025-03-26 and later) on aiohttp.
+
+``POST /mcp`` carries every client message. An ``initialize`` opens a session and
+returns its ``Mcp-Session-Id``; later messages carry it and may reach any worker.
+The worker a request reaches records it in the log, answers it and records the
+answer, sending both the answer and any related messages on the request's own
+response: JSON, or an SSE stream when the client accepts one. Each SSE event's id
+is ``<log position>/<message id>``, so a client whose response broke (its worker
+died) resumes with ``GET /mcp`` and ``Last-Event-ID`` on any worker, which sends
+what is missing, answering the request itself if its worker is gone.
+
+``GET /mcp`` is the session's stream of server-initiated messages, resumable by
+log position; ``DELETE /mcp`` ends the session.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import orjson
+from aiohttp import web
+from aiohttp_sse import EventSourceResponse, sse_response
+
+from eventlog import LogUnavailable, SessionOpened
+from projections import SentMessage
+
+from .http import IDENTITY, find_session, log_unavailable, read_message, rpc_error
+from .protocol import INVALID_REQUEST, SUPPORTED_VERSIONS, negotiate_version
+from .registry import SessionRegistry
+from .streams import KEEPALIVE, SEND_TIMEOUT, EventStreamTransport, StreamLimits, hold_stream
+from .worker import HandlerContext
+
+__all__ = ["MCP_PATH", "add_routes"]
+
+MCP_PATH = "/mcp"
+SESSION_HEADER = "Mcp-Session-Id"
+VERSION_HEADER = "MCP-Protocol-Version"
+# What a request without MCP-Protocol-Version is taken to speak (the specification's rule).
+ASSUMED_VERSION = "2025-03-26"
+# From this version on, each SSE response starts with a "priming" event (an id and no
+# data), so a client can resume a stream that broke before its first message.
+PRIMING_SINCE = "2025-11-25"
+
+REGISTRY = web.AppKey("mcp_registry", SessionRegistry)
+LIMITS = web.AppKey("mcp_limits", StreamLimits)
+
+
+def _accepts(request: web.Request, media_type: str) -> bool:
+    accept = request.headers.get("Accept", "")
+    return media_type in accept or "*/*" in accept
+
+
+def _protocol_version(request: web.Request) -> str:
+    version = request.headers.get(VERSION_HEADER, ASSUMED_VERSION)
+    if version not in SUPPORTED_VERSIONS:
+        supported = ", ".join(SUPPORTED_VERSIONS)
+        raise rpc_error(
+            400,
+            INVALID_REQUEST,
+            f"unsupported {VERSION_HEADER} {version!r}; supported: {supported}",
+        )
+    return version
+
+
+def _session_id(request: web.Request) -> str:
+    session_id = request.headers.get(SESSION_HEADER)
+    if not session_id:
+        raise rpc_error(
+            400, INVALID_REQUEST, f"the {SESSION_HEADER} header is required: initialize first"
+        )
+    return session_id
+
+
+def _event_id(message: SentMessage, message_id: str) -> str:
+    return f"{message.position}/{message_id}"
+
+
+def _reply_headers(session_id: str) -> dict[str, str]:
+    return {SESSION_HEADER: session_id}
+
+
+async def post(request: web.Request) -> web.StreamResponse:
+    registry = request.app[REGISTRY]
+    wants_sse = _accepts(request, "text/event-stream")
+    if not wants_sse and not _accepts(request, "application/json"):
+        raise rpc_error(
+            406, INVALID_REQUEST, "Accept must include application/json or text/event-stream"
+        )
+    if request.content_type != "application/json":
+        raise rpc_error(415, INVALID_REQUEST, "Content-Type must be application/json")
+    message = await read_message(request)
+    version = _protocol_version(request)
+    identity = request[IDENTITY]
+    try:
+        runtime = await registry.started()
+        if message.get("method") == "initialize":
+            if SESSION_HEADER in request.headers:
+                raise rpc_error(
+                    400, INVALID_REQUEST, f"initialize opens a new session: omit {SESSION_HEADER}"
+                )
+            request.app[LIMITS].check_new_session(runtime)
+            session_id = secrets.token_hex(16)
+            opened = SessionOpened(
+                session_id=session_id, transport="streamable-http", user=identity
+            )
+            await runtime.log.append([opened], worker=runtime.worker_id)
+            version = negotiate_version(str(message["params"]["protocolVersion"]))
+        else:
+            session_id = _session_id(request)
+            await find_session(runtime, session_id, identity)
+        message_id, position = await runtime.accept(session_id, orjson.dumps(message))
+    except LogUnavailable as exc:
+        raise log_unavailable(exc) from None
+    ctx = HandlerContext(session_id, None, {"identity": identity})
+    if "method" not in message or "id" not in message:
+        # A notification, or a response to a server request: recorded, handled, no answer.
+        await runtime.answer(session_id, message_id, message, ctx)
+        return web.Response(status=202, headers=_reply_headers(session_id))
+    if not wants_sse:
+        reply = await runtime.answer(session_id, message_id, message, ctx)
+        assert reply is not None
+        return web.Response(
+            body=reply.payload, content_type="application/json", headers=_reply_headers(session_id)
+        )
+    async with sse_response(
+        request,
+        headers=_reply_headers(session_id),
+        ping_interval=KEEPALIVE,
+        send_timeout=SEND_TIMEOUT,
+        allow_all_methods=True,  # a POST's response may be a stream
+    ) as stream:
+        if version >= PRIMING_SINCE:
+            await stream.send("", id=f"{position}/{message_id}")
+
+        async def send(sent: SentMessage) -> None:
+            await _send_event(stream, sent, message_id)
+
+        reply = await runtime.answer(session_id, message_id, message, ctx, send_related=send)
+        assert reply is not None
+        await send(reply)
+    return stream
+
+
+async def _send_event(stream: EventSourceResponse, sent: SentMessage, message_id: str) -> None:
+    await stream.send(sent.payload.decode(), id=_event_id(sent, message_id), event="message")
+
+
+def _resume_point(request: web.Request) -> tuple[int | None, str | None]:
+    """Last-Event-ID as (position, message id): a request's stream has both, the
+    session's stream a position only."""
+    value = request.headers.get("Last-Event-ID")
+    if value is None:
+        return None, None
+    position, _, message_id = value.partition("/")
+    if not position.isdigit() or (message_id and len(message_id) != 32):
+        raise rpc_error(400, INVALID_REQUEST, f"Last-Event-ID {value!r} is not an event id here")
+    return int(position), message_id or None
+
+
+async def get(request: web.Request) -> web.StreamResponse:
+    registry = request.app[REGISTRY]
+    if not _accepts(request, "text/event-stream"):
+        raise rpc_error(406, INVALID_REQUEST, "Accept must include text/event-stream")
+    _protocol_version(request)
+    session_id = _session_id(request)
+    identity = request[IDENTITY]
+    after, message_id = _resume_point(request)
+    try:
+        runtime = await registry.started()
+        session = await find_session(runtime, session_id, identity)
+    except LogUnavailable as exc:
+        raise log_unavailable(exc) from None
+    if message_id is not None:
+        return await _resume_request(request, registry, session_id, message_id, after or 0)
+    if after is None and session.owner is not None:
+        held_here = registry.get_session_sync(session_id) is not None
+        if held_here or runtime.projection.is_alive(
+            session.owner, runtime.clock(), runtime.worker_ttl
+        ):
+            raise rpc_error(
+                409,
+                INVALID_REQUEST,
+                "this session already has a GET stream open; resume it with Last-Event-ID instead",
+            )
+    priming = (session.protocol_version or ASSUMED_VERSION) >= PRIMING_SINCE
+    with request.app[LIMITS].opened(identity):
+        async with sse_response(
+            request,
+            headers=_reply_headers(session_id),
+            ping_interval=KEEPALIVE,
+            send_timeout=SEND_TIMEOUT,
+        ) as stream:
+            transport = EventStreamTransport(
+                session_id, stream, "streamable-http", carries=lambda sent: sent.reply_to is None
+            )
+
+            async def prime(position: int) -> None:
+                if priming:
+                    await stream.send("", id=str(position))
+
+            try:
+                await hold_stream(
+                    request, registry, transport, after=after, first_event=prime, on_end="release"
+                )
+            except LogUnavailable as exc:
+                log_unavailable(exc)  # the stream is open already: it just ends
+        return stream
+
+
+async def _resume_request(
+    request: web.Request, registry: SessionRegistry, session_id: str, message_id: str, after: int
+) -> web.StreamResponse:
+    """The rest of one request's response stream, from the log (answered here if the
+    worker that was answering it is gone)."""
+    runtime = registry.runtime
+    async with sse_response(
+        request,
+        headers=_reply_headers(session_id),
+        ping_interval=KEEPALIVE,
+        send_timeout=SEND_TIMEOUT,
+    ) as stream:
+        try:
+            async for sent in runtime.follow_request(session_id, message_id, after):
+                await _send_event(stream, sent, message_id)
+        except LogUnavailable as exc:
+            log_unavailable(exc)
+    return stream
+
+
+async def delete(request: web.Request) -> web.Response:
+    registry = request.app[REGISTRY]
+    session_id = _session_id(request)
+    try:
+        runtime = await registry.started()
+        await find_session(runtime, session_id, request[IDENTITY])
+        await registry.remove_session(session_id, "client")
+    except LogUnavailable as exc:
+        raise log_unavailable(exc) from None
+    return web.Response(status=200, headers=_reply_headers(session_id))
+
+
+def add_routes(app: web.Application, registry: SessionRegistry, limits: StreamLimits) -> None:
+    app[REGISTRY], app[LIMITS] = registry, limits
+    app.router.add_post(MCP_PATH, post)
+    app.router.add_get(MCP_PATH, get)
+    app.router.add_delete(MCP_PATH, delete)

@@ -1,0 +1,156 @@
+"""A client's server-to-client event stream, as the registry's Transport.
+
+Both MCP transports hold sessions this way: HTTP+SSE's ``GET /sse`` stream carries
+every server message of its session, Streamable HTTP's ``GET /mcp`` stream only the
+server-initiated ones (answers go out on the request that asked). Each event's id
+is its log position, so a client that lost its stream reconnects to any worker
+with ``Last-Event-ID`` and gets exactly what it missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aiohttp_sse import EventSourceResponse
+
+from eventlog import LogUnavailable
+from projections import SentMessage
+
+from .http import IDENTITY, rpc_error
+from .protocol import INTERNAL_ERROR, INVALID_REQUEST
+from .registry import SessionRegistry
+from .worker import WorkerRuntime
+
+__all__ = ["KEEPALIVE", "SEND_TIMEOUT", "EventStreamTransport", "StreamLimits", "hold_stream"]
+
+logger = logging.getLogger("sessionlog.gateway")
+
+# Timeouts
+KEEPALIVE = 15.0  # s between ": ping" comments on an idle stream
+SEND_TIMEOUT = 10.0  # s a client may take to read an event before it is disconnected
+
+
+class EventStreamTransport:
+    """One client's event stream. Until :meth:`start` it holds back live messages,
+    so the ones replayed from the log go first; after, it never sends a position
+    twice or out of order."""
+
+    def __init__(
+        self,
+        session_id: str,
+        stream: EventSourceResponse,
+        kind: str,
+        carries: Callable[[SentMessage], bool],
+    ) -> None:
+        self.session_id = session_id
+        self.stream = stream
+        self.kind = kind
+        self._carries = carries
+        self._started = asyncio.Event()
+        self.position = 0  # of the newest event sent
+
+    def start(self, position: int) -> None:
+        """Live messages may flow, from after ``position`` on."""
+        self.position = max(self.position, position)
+        self._started.set()
+
+    async def deliver(self, message: SentMessage) -> None:
+        await self._started.wait()
+        await self.send_event(message)
+
+    async def send_event(self, message: SentMessage) -> None:
+        if message.position <= self.position or not self._carries(message):
+            return
+        self.position = message.position
+        await self.stream.send(message.payload.decode(), id=str(message.position), event="message")
+
+    async def send_message(self, message: dict[str, Any]) -> None:
+        # The reference's Transport API: a message that is not in the log has no id.
+        await self.stream.send(orjson.dumps(message).decode(), event="message")
+
+    async def disconnect(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            self.stream.stop_streaming()
+
+    async def is_connected(self) -> bool:
+        return self.stream.is_connected()
+
+
+class StreamLimits:
+    """Caps: open streams per identity on this worker; open sessions in the log."""
+
+    def __init__(self, per_identity: int, max_sessions: int) -> None:
+        self.per_identity = per_identity
+        self.max_sessions = max_sessions
+        self._open: Counter[str | None] = Counter()
+
+    def check_new_session(self, runtime: WorkerRuntime) -> None:
+        if len(runtime.projection.state.sessions) >= self.max_sessions:
+            raise rpc_error(
+                503, INTERNAL_ERROR, "too many open sessions; retry later", {"Retry-After": "5"}
+            )
+
+    @contextlib.contextmanager
+    def opened(self, identity: str | None):  # type: ignore[no-untyped-def]
+        if self._open[identity] >= self.per_identity:
+            raise rpc_error(
+                429,
+                INVALID_REQUEST,
+                f"too many open streams: at most {self.per_identity} per identity",
+                {"Retry-After": "5"},
+            )
+        self._open[identity] += 1
+        try:
+            yield
+        finally:
+            self._open[identity] -= 1
+            if not self._open[identity]:
+                del self._open[identity]
+
+
+async def hold_stream(
+    request: web.Request,
+    registry: SessionRegistry,
+    transport: EventStreamTransport,
+    *,
+    after: int | None,
+    first_event: Callable[[int], Any] | None = None,
+    on_end: str,
+) -> None:
+    """Hold ``transport``'s session on this worker until its client goes away.
+
+    Takes the session over if another worker held it; replays its server messages
+    after ``after`` (a Last-Event-ID), then streams live ones. ``first_event`` is
+    awaited with the position live messages start from, before any replay.
+    When the stream ends, the session is closed (``on_end="close"``) or only
+    released so another stream may hold it (``on_end="release"``).
+    """
+    session_id = transport.session_id
+    identity = request[IDENTITY]
+    await registry.add_session(session_id, transport, user=identity)
+    runtime = registry.runtime
+    cutoff = runtime.projection.position
+    responder = asyncio.create_task(registry.respond(None, {"identity": identity}, session_id))
+    try:
+        if first_event is not None:
+            await first_event(cutoff if after is None else after)
+        if after is not None:
+            for message in await runtime.replay(session_id, after, cutoff):
+                await transport.send_event(message)
+        transport.start(cutoff)
+        await transport.stream.wait()
+    finally:
+        responder.cancel()
+        with contextlib.suppress(LogUnavailable):
+            if registry.get_session_sync(session_id) is transport:
+                if on_end == "close":
+                    await registry.remove_session(session_id, "disconnected")
+                else:
+                    await runtime.release_stream(session_id, "disconnected")
