@@ -27,6 +27,7 @@ __all__ = [
     "ServerMessage",
     "SessionClosed",
     "SessionOpened",
+    "UpstreamSessionOpened",
     "WorkerHeartbeat",
     "WorkerStarted",
     "WorkerStopped",
@@ -117,6 +118,16 @@ class CapabilitiesRecorded(BaseEvent, frozen=True, kw_only=True):
     capabilities: dict[str, Any] = {}
 
 
+class UpstreamSessionOpened(BaseEvent, frozen=True, kw_only=True):
+    """The gateway session's session on the upstream MCP server, which every worker
+    forwards the session's messages with."""
+
+    session_id: str
+    # The upstream's Mcp-Session-Id ("" for an upstream that keeps no sessions); None
+    # says the previous one was lost and the next message opens another.
+    upstream_session: str | None
+
+
 class WorkerStarted(BaseEvent, frozen=True, kw_only=True):
     host: str = ""
     pid: int = 0
@@ -139,6 +150,7 @@ Event = (
     | ServerMessage
     | MessageHandled
     | CapabilitiesRecorded
+    | UpstreamSessionOpened
     | WorkerStarted
     | WorkerHeartbeat
     | WorkerStopped

@@ -12,7 +12,7 @@ from .dispatch import Dispatcher
 from .http import MAX_BODY, guards
 from .registry import SessionRegistry
 from .settings import Settings
-from .streams import StreamLimits
+from .streams import RELAY, StreamLimits
 
 __all__ = ["build_app"]
 
@@ -45,6 +45,7 @@ def build_app(settings: Settings, *, worker_id: str | None = None) -> web.Applic
     sse.add_routes(app, registry, limits)
     streamable_http.add_routes(app, registry, limits)
     operations.add_routes(app, registry, metrics)
+    app[RELAY] = dispatcher.relay
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         await registry.initialize()

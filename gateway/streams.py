@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -28,13 +28,24 @@ from .protocol import INTERNAL_ERROR, INVALID_REQUEST
 from .registry import SessionRegistry
 from .worker import WorkerRuntime
 
-__all__ = ["KEEPALIVE", "SEND_TIMEOUT", "EventStreamTransport", "StreamLimits", "hold_stream"]
+__all__ = [
+    "KEEPALIVE",
+    "RELAY",
+    "SEND_TIMEOUT",
+    "EventStreamTransport",
+    "StreamLimits",
+    "hold_stream",
+]
 
 logger = logging.getLogger("sessionlog.gateway")
 
 # Timeouts
 KEEPALIVE = 15.0  # s between ": ping" comments on an idle stream
 SEND_TIMEOUT = 10.0  # s a client may take to read an event before it is disconnected
+
+# Runs while a stream holds a session: relays the upstream's own messages to the log.
+Relay = Callable[[str], Coroutine[Any, Any, None]]
+RELAY = web.AppKey("relay", Relay)
 
 
 class EventStreamTransport:
@@ -137,7 +148,10 @@ async def hold_stream(
     await registry.add_session(session_id, transport, user=identity)
     runtime = registry.runtime
     cutoff = runtime.projection.position
-    responder = asyncio.create_task(registry.respond(None, {"identity": identity}, session_id))
+    helpers = [asyncio.create_task(registry.respond(None, {"identity": identity}, session_id))]
+    relay = request.app.get(RELAY)
+    if relay is not None:
+        helpers.append(asyncio.create_task(relay(session_id)))
     try:
         if first_event is not None:
             await first_event(cutoff if after is None else after)
@@ -147,7 +161,8 @@ async def hold_stream(
         transport.start(cutoff)
         await transport.stream.wait()
     finally:
-        responder.cancel()
+        for helper in helpers:
+            helper.cancel()
         with contextlib.suppress(LogUnavailable):
             if registry.get_session_sync(session_id) is transport:
                 if on_end == "close":

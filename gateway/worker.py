@@ -492,6 +492,13 @@ class WorkerRuntime:
             return None
         return SentMessage(positions[0], events[0].payload, message_id)  # type: ignore[union-attr]
 
+    async def send_server_message(self, session_id: str, message: dict[str, Any]) -> int:
+        """Record a server-initiated message for the session; its position. The worker
+        holding the session's stream sends it."""
+        event = ServerMessage(session_id=session_id, payload=orjson.dumps(message))
+        [position] = await self.log.append([event], worker=self.worker_id)
+        return position
+
     async def follow_request(
         self, session_id: str, message_id: str, after: int
     ) -> AsyncIterator[SentMessage]:

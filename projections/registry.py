@@ -24,6 +24,7 @@ from eventlog import (
     ServerMessage,
     SessionClosed,
     SessionOpened,
+    UpstreamSessionOpened,
     WorkerHeartbeat,
     WorkerStarted,
     WorkerStopped,
@@ -74,6 +75,9 @@ class SessionState(msgspec.Struct, kw_only=True):
     protocol_version: str | None = None
     client_info: dict[str, Any] = {}
     capabilities: dict[str, Any] = {}
+    # Its session on the upstream MCP server: None until opened (or after it was
+    # lost), "" with an upstream that keeps no sessions.
+    upstream_session: str | None = None
     # Client messages by event id, in log order (dicts keep insertion order).
     pending: dict[str, PendingMessage] = {}
     # The newest server messages, oldest first, at most SERVER_HISTORY.
@@ -123,6 +127,7 @@ class RegistryProjection:
             ServerMessage: self._server_message,
             MessageHandled: self._message_handled,
             CapabilitiesRecorded: self._capabilities_recorded,
+            UpstreamSessionOpened: self._upstream_session_opened,
             WorkerStarted: self._worker_started,
             WorkerHeartbeat: self._worker_seen,
             WorkerStopped: self._worker_stopped,
@@ -235,6 +240,10 @@ class RegistryProjection:
             session.protocol_version = event.protocol_version
             session.client_info = event.client_info
             session.capabilities = event.capabilities
+
+    def _upstream_session_opened(self, record: Record, event: UpstreamSessionOpened) -> None:
+        if session := self._touch(record, event.session_id):
+            session.upstream_session = event.upstream_session
 
     def _worker_started(self, record: Record, event: WorkerStarted) -> None:
         worker = self.state.workers[record.worker]

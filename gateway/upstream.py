@@ -1,0 +1,519 @@
+"""A client for an upstream MCP server speaking Streamable HTTP (protocol 2025-03-26+).
+
+The gateway forwards its clients' messages here. Every call is bounded in time: a
+dead or stalled upstream becomes an :class:`UpstreamError` rather than a hang, and
+an upstream that forgot our session becomes :class:`UpstreamSessionLost`, so the
+caller can open a new one. Only :meth:`Upstream.listen` runs until cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import logging
+import os
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import aiohttp
+import orjson
+
+__all__ = [
+    "OnMessage",
+    "SSEEvent",
+    "SSEParser",
+    "Upstream",
+    "UpstreamError",
+    "UpstreamSessionLost",
+]
+
+logger = logging.getLogger("sessionlog.gateway.upstream")
+
+OnMessage = Callable[[dict[str, Any]], Awaitable[None]]
+
+SESSION_HEADER = "Mcp-Session-Id"
+VERSION_HEADER = "MCP-Protocol-Version"
+LAST_EVENT_ID_HEADER = "Last-Event-ID"
+POST_ACCEPT = "application/json, text/event-stream"
+SSE_TYPE = "text/event-stream"
+JSON_TYPE = "application/json"
+INITIALIZE_ID = "sessionlog-initialize"
+# Limits
+MAX_BODY = 16 * 2**20  # bytes of one JSON body, or of one SSE event (or unterminated line)
+SNIPPET = 200  # characters of an unexpected body quoted in an error
+# Reconnecting listen(): the first delay (or the server's `retry:`), doubled up to the cap.
+RECONNECT_DELAY = 1.0  # s
+RECONNECT_MAX = 30.0  # s
+# Statuses after which a dropped GET stream is retried; other 4xx are final.
+RETRY_STATUSES = frozenset({408, 409, 425, 429})
+
+
+class UpstreamError(Exception):
+    """The upstream cannot answer (unreachable, timeout, 5xx, garbage). str() is a clear
+    one-line reason."""
+
+
+class UpstreamSessionLost(UpstreamError):
+    """The upstream answered 404 for our Mcp-Session-Id: open a new session."""
+
+
+class _Retry(Exception):
+    """The GET stream was refused in a way worth retrying."""
+
+
+# -- Server-Sent Events -------------------------------------------------------------------
+
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+@dataclass(frozen=True, slots=True)
+class SSEEvent:
+    """One dispatched event of a ``text/event-stream``."""
+
+    event: str
+    data: str
+    id: str | None  # the last event id as of this event (ids persist across events)
+
+
+class SSEParser:
+    """Incremental WHATWG ``text/event-stream`` parser: feed bytes, get events.
+
+    Lines end in CRLF, LF or CR (even split across chunks); ``data:`` lines join with
+    "\\n"; ``:`` starts a comment; a blank line dispatches, unless the data is empty
+    (the SDK's "priming" events carry only an id). :attr:`last_event_id` keeps the
+    latest ``id:`` even from undispatched events: it is what a reconnect resumes from.
+    """
+
+    def __init__(self, max_size: int = MAX_BODY) -> None:
+        self.last_event_id: str | None = None
+        self.retry: float | None = None  # seconds, from the last valid `retry:` field
+        self._max_size = max_size
+        self.new_stream()
+
+    def new_stream(self) -> None:
+        """Forget a previous stream's partial event; the last id and retry stay."""
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._pending = ""  # an unterminated line
+        self._started = False  # a leading BOM has been dealt with
+        self._after_cr = False  # the last chunk ended in CR: a leading LF completes it
+        self._event = ""
+        self._data: list[str] = []
+        self._size = 0
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        text = self._decoder.decode(chunk)
+        if not text:
+            return []
+        if not self._started:
+            self._started = True
+            text = text.removeprefix("\ufeff")
+        if self._after_cr and text.startswith("\n"):
+            text = text[1:]
+        self._after_cr = text.endswith("\r")
+        # Not str.splitlines: it also splits on U+2028 and others, which JSON may hold.
+        lines = _LINE_END.split(self._pending + text)
+        self._pending = lines.pop()
+        if len(self._pending) > self._max_size:
+            raise UpstreamError(f"an SSE line is longer than {self._max_size} bytes")
+        events = []
+        for line in lines:
+            event = self._line(line)
+            if event is not None:
+                events.append(event)
+        return events
+
+    def _line(self, line: str) -> SSEEvent | None:
+        if not line:
+            return self._dispatch()
+        if line.startswith(":"):
+            return None
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "data":
+            self._data.append(value)
+            self._size += len(value) + 1
+            if self._size > self._max_size:
+                raise UpstreamError(f"an SSE event is larger than {self._max_size} bytes")
+        elif field == "event":
+            self._event = value
+        elif field == "id":
+            if "\0" not in value:
+                self.last_event_id = value
+        elif field == "retry" and value.isascii() and value.isdigit():
+            self.retry = int(value) / 1000
+        return None
+
+    def _dispatch(self) -> SSEEvent | None:
+        data, event = "\n".join(self._data), self._event or "message"
+        self._event, self._data, self._size = "", [], 0
+        if not data:
+            return None
+        return SSEEvent(event, data, self.last_event_id)
+
+
+# -- JSON-RPC helpers ---------------------------------------------------------------------
+
+
+def _is_request(message: dict[str, Any]) -> bool:
+    return "method" in message and "id" in message
+
+
+def _is_response_to(message: dict[str, Any], request_id: Any) -> bool:
+    return "method" not in message and "id" in message and message["id"] == request_id
+
+
+def _snippet(body: bytes) -> str:
+    text = " ".join(body.decode("utf-8", "replace").split())
+    return text if len(text) <= SNIPPET else text[:SNIPPET] + "..."
+
+
+def _messages(data: bytes | str, source: str) -> list[dict[str, Any]]:
+    """The JSON-RPC messages in a body or event (a batch is a list of them)."""
+    try:
+        parsed = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise UpstreamError(f"{source} is not JSON: {_snippet(_bytes(data))!r}") from None
+    items = parsed if isinstance(parsed, list) else [parsed]
+    if not items or not all(isinstance(m, dict) and m.get("jsonrpc") == "2.0" for m in items):
+        raise UpstreamError(f"{source} is not a JSON-RPC message: {_snippet(_bytes(data))!r}")
+    return items
+
+
+def _bytes(data: bytes | str) -> bytes:
+    return data.encode() if isinstance(data, str) else data
+
+
+def _rpc_error(body: bytes) -> dict[str, Any] | None:
+    """The JSON-RPC error object in an error response's body, if it has one."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("code"), int):
+        return error
+    return None
+
+
+async def _read_body(response: aiohttp.ClientResponse) -> bytes:
+    body = bytearray()
+    async for chunk in response.content.iter_any():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise UpstreamError(f"the upstream's answer is larger than {MAX_BODY} bytes")
+    return bytes(body)
+
+
+async def _sse_events(
+    response: aiohttp.ClientResponse, parser: SSEParser
+) -> AsyncIterator[SSEEvent]:
+    async for chunk in response.content.iter_any():
+        for event in parser.feed(chunk):
+            if event.event == "message":
+                yield event
+            else:
+                logger.debug("skipping an SSE event of type %r", event.event)
+
+
+# -- the client ---------------------------------------------------------------------------
+
+
+class Upstream:
+    """One upstream MCP server, shared by all the gateway's sessions.
+
+    Holds one aiohttp session (connection pool), created on first use so that the
+    object can be built outside an event loop.
+    """
+
+    def __init__(self, url: str, *, timeout: float = 30.0, connect_timeout: float = 5.0) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self._http: aiohttp.ClientSession | None = None
+        self._closed = False
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the connection pool; idempotent. The object cannot be used after."""
+        self._closed = True
+        if self._http is not None:
+            http, self._http = self._http, None
+            await http.close()
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise UpstreamError(f"the client for {self.url} is closed")
+        if self._http is None:
+            # The total bound is an asyncio.timeout around each call (listen has none
+            # once its stream is open). No pool cap: each listen() holds a connection
+            # for as long as it runs, and a cap would starve forward().
+            timeout = aiohttp.ClientTimeout(
+                total=None, connect=self.connect_timeout, sock_connect=self.connect_timeout
+            )
+            self._http = aiohttp.ClientSession(
+                timeout=timeout, connector=aiohttp.TCPConnector(limit=0)
+            )
+        return self._http
+
+    def _headers(
+        self, session: str | None, protocol_version: str | None, accept: str
+    ) -> dict[str, str]:
+        headers = {"Accept": accept}
+        if session:
+            headers[SESSION_HEADER] = session
+        if protocol_version:
+            headers[VERSION_HEADER] = protocol_version
+        return headers
+
+    def _failure(self, exc: Exception) -> UpstreamError:
+        """A one-line UpstreamError for a transport failure."""
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            return UpstreamError(
+                f"cannot connect to {self.url}: no answer within {self.connect_timeout}s"
+            )
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            error = exc.os_error
+            # asyncio puts "Connect call failed (...)" in strerror; the errno says it better.
+            if error.errno is not None and error.errno > 0:
+                reason = os.strerror(error.errno)
+            else:
+                reason = error.strerror or str(error) or type(error).__name__
+            return UpstreamError(f"cannot connect to {self.url}: {reason}")
+        if isinstance(exc, TimeoutError):
+            return UpstreamError(f"{self.url} did not answer within {self.timeout}s")
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        return UpstreamError(f"the connection to {self.url} failed: {reason}")
+
+    def _status_error(self, response: aiohttp.ClientResponse, body: bytes) -> UpstreamError:
+        error = _rpc_error(body)
+        detail = ""
+        if error is not None:
+            detail = f": {error.get('message')}"
+        elif body:
+            detail = f": {_snippet(body)!r}"
+        return UpstreamError(f"{self.url} answered {response.status} {response.reason}{detail}")
+
+    async def open_session(
+        self, client_params: dict[str, Any]
+    ) -> tuple[str | None, dict[str, Any]]:
+        """Initialize a session on the upstream with the client's initialize params.
+
+        Returns the upstream's Mcp-Session-Id (None if it keeps no sessions) and the
+        initialize result; the initialized notification has been sent by then.
+        """
+        request = {
+            "jsonrpc": "2.0",
+            "id": INITIALIZE_ID,
+            "method": "initialize",
+            "params": client_params,
+        }
+        session, response = await self._post(None, request, None, None)
+        assert response is not None  # a request always gets a response or an error raised
+        if "error" in response:
+            error = response["error"]
+            message = error.get("message") if isinstance(error, dict) else error
+            raise UpstreamError(f"{self.url} refused initialize: {message}")
+        result = response.get("result")
+        if not isinstance(result, dict):
+            raise UpstreamError(f"{self.url} answered initialize without a result object")
+        version = result.get("protocolVersion")
+        initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        try:
+            await self._post(
+                session, initialized, None, version if isinstance(version, str) else None
+            )
+        except Exception:
+            if session is not None:
+                await self.end_session(session)
+            raise
+        return session, result
+
+    async def forward(
+        self,
+        session: str | None,
+        message: dict[str, Any],
+        on_message: OnMessage | None = None,
+        protocol_version: str | None = None,
+    ) -> dict[str, Any] | None:
+        """POST one JSON-RPC message; the response to it, or None for anything else.
+
+        Messages the upstream streams before the response (progress, logs, its own
+        requests) go to ``on_message`` in order. A 4xx with a JSON-RPC error comes back
+        as that error for the client, under the request's id.
+        """
+        _, response = await self._post(session, message, on_message, protocol_version)
+        return response
+
+    async def _post(
+        self,
+        session: str | None,
+        message: dict[str, Any],
+        on_message: OnMessage | None,
+        protocol_version: str | None,
+    ) -> tuple[str | None, dict[str, Any] | None]:
+        """forward(), also returning the Mcp-Session-Id the upstream answered with."""
+        headers = self._headers(session, protocol_version, POST_ACCEPT)
+        headers["Content-Type"] = JSON_TYPE
+        body = orjson.dumps(message)
+        try:
+            async with asyncio.timeout(self.timeout):
+                async with self._client().post(self.url, data=body, headers=headers) as response:
+                    answer = await self._answer(session, message, response, on_message)
+                    return response.headers.get(SESSION_HEADER), answer
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise self._failure(exc) from exc
+
+    async def _answer(
+        self,
+        session: str | None,
+        message: dict[str, Any],
+        response: aiohttp.ClientResponse,
+        on_message: OnMessage | None,
+    ) -> dict[str, Any] | None:
+        status = response.status
+        if status == 404 and session:
+            raise UpstreamSessionLost(f"{self.url} no longer knows session {session}")
+        if status >= 400:
+            body = await _read_body(response)
+            error = _rpc_error(body)
+            if 400 <= status < 500 and error is not None and _is_request(message):
+                return {"jsonrpc": "2.0", "id": message["id"], "error": error}
+            raise self._status_error(response, body)
+        if not 200 <= status < 300:
+            raise UpstreamError(f"{self.url} answered {status} {response.reason}")
+        if not _is_request(message):
+            return None  # 202 Accepted, as the spec asks; any other 2xx is as good
+        request_id = message["id"]
+        if response.content_type == SSE_TYPE:
+            return await self._stream_answer(request_id, response, on_message)
+        if response.content_type != JSON_TYPE:
+            raise UpstreamError(
+                f"{self.url} answered {status} with {response.content_type or 'no content type'}"
+            )
+        for item in _messages(await _read_body(response), f"the answer of {self.url}"):
+            if "method" in item:
+                await self._deliver(item, on_message)
+            elif item.get("id") is None and "error" in item:
+                return {**item, "id": request_id}  # an error the upstream could not attribute
+            else:
+                return item
+        raise UpstreamError(f"{self.url} answered {status} without a response to {request_id!r}")
+
+    async def _stream_answer(
+        self, request_id: Any, response: aiohttp.ClientResponse, on_message: OnMessage | None
+    ) -> dict[str, Any]:
+        async for event in _sse_events(response, SSEParser()):
+            for item in _messages(event.data, f"an event from {self.url}"):
+                if _is_response_to(item, request_id):
+                    return item
+                await self._deliver(item, on_message)
+        raise UpstreamError(f"{self.url} ended the stream without a response to {request_id!r}")
+
+    async def _deliver(self, message: dict[str, Any], on_message: OnMessage | None) -> None:
+        if on_message is None:
+            logger.debug("dropping %s from %s: nobody listens", message.get("method"), self.url)
+        else:
+            await on_message(message)
+
+    async def listen(
+        self,
+        session: str | None,
+        on_message: OnMessage,
+        protocol_version: str | None = None,
+    ) -> None:
+        """Pass every message on the upstream's standalone stream to ``on_message``
+        until cancelled.
+
+        Returns at once if the upstream has no such stream (405). A dropped stream is
+        reopened, resuming after the last event id seen, after a delay that doubles up
+        to RECONNECT_MAX (reset once a stream delivers something). Raises
+        UpstreamSessionLost on 404 and UpstreamError on other final refusals.
+        """
+        parser = SSEParser()  # one for the whole listen: it keeps the last id and retry
+        failures = 0
+        while True:
+            try:
+                delivered = await self._listen_once(session, on_message, protocol_version, parser)
+            except _Retry as exc:
+                logger.debug("the stream from %s dropped: %s", self.url, exc)
+                delivered = False
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                logger.debug("the stream from %s dropped: %s", self.url, self._failure(exc))
+                delivered = False
+            if delivered is None:
+                return
+            failures = 0 if delivered else failures + 1
+            base = parser.retry if parser.retry is not None else RECONNECT_DELAY
+            await asyncio.sleep(min(base * 2 ** max(failures - 1, 0), RECONNECT_MAX))
+
+    async def _listen_once(
+        self,
+        session: str | None,
+        on_message: OnMessage,
+        protocol_version: str | None,
+        parser: SSEParser,
+    ) -> bool | None:
+        """Read one GET stream until it ends: None if there is none, else whether it
+        delivered anything."""
+        headers = self._headers(session, protocol_version, SSE_TYPE)
+        if parser.last_event_id is not None:
+            headers[LAST_EVENT_ID_HEADER] = parser.last_event_id
+        async with asyncio.timeout(self.timeout):  # for the headers; the stream is unbounded
+            response = await self._client().get(self.url, headers=headers)
+        async with response:
+            status = response.status
+            if status == 405:
+                return None
+            if status == 404 and session:
+                raise UpstreamSessionLost(f"{self.url} no longer knows session {session}")
+            if status >= 500 or status in RETRY_STATUSES:
+                raise _Retry(f"{status} {response.reason}")
+            if status != 200:
+                raise self._status_error(response, await _read_body(response))
+            if response.content_type != SSE_TYPE:
+                raise UpstreamError(
+                    f"{self.url} answered GET with {response.content_type or 'no content type'}"
+                )
+            parser.new_stream()
+            last_id = parser.last_event_id
+            delivered = False
+            async for event in _sse_events(response, parser):
+                try:
+                    messages = _messages(event.data, f"an event from {self.url}")
+                except UpstreamError as exc:
+                    logger.warning("skipping an event on the stream: %s", exc)
+                    continue
+                for message in messages:
+                    delivered = True
+                    await on_message(message)
+            return delivered or parser.last_event_id != last_id
+
+    async def end_session(self, session: str) -> None:
+        """DELETE the session on the upstream. Failures only matter to the upstream,
+        so they are logged at debug and ignored."""
+        headers = {SESSION_HEADER: session}
+        try:
+            async with asyncio.timeout(self.timeout):
+                async with self._client().delete(self.url, headers=headers) as response:
+                    if response.status >= 400 and response.status != 405:
+                        logger.debug(
+                            "%s answered %s to ending session %s",
+                            self.url,
+                            response.status,
+                            session,
+                        )
+        except (aiohttp.ClientError, TimeoutError, UpstreamError) as exc:
+            logger.debug("ending session %s on %s failed: %s", session, self.url, exc)

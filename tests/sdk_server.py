@@ -1,0 +1,98 @@
+"""An MCP server built with the official SDK (``MCPServer``), in its own process:
+the upstream the gateway forwards to in tests, and a baseline in benchmarks."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+from tests.servers import READY_TIMEOUT, free_port
+
+__all__ = ["SDK_SERVER", "start_sdk_server", "stop_sdk_server"]
+
+# An MCP server on the official SDK, over Streamable HTTP on 127.0.0.1.
+# argv: port, then "json" for JSON responses or "sse" for SSE ones.
+SDK_SERVER = '''
+import sys
+import warnings
+
+warnings.simplefilter("ignore")  # ctx.info is deprecated for the 2026 protocol
+
+from mcp.server.mcpserver import Context, MCPServer
+
+server = MCPServer("upstream-test", log_level="WARNING")
+
+
+@server.tool()
+def echo(text: str) -> str:
+    """Returns the text it is given."""
+    return text
+
+
+@server.tool()
+async def chatty_echo(text: str, ctx: Context) -> str:
+    """Logs and reports progress on its request's stream, then returns the text."""
+    await ctx.info(f"echoing {text}")
+    await ctx.report_progress(1, 1, "done")
+    return text
+
+
+@server.tool()
+async def touch_tools(ctx: Context) -> str:
+    """Sends tools/list_changed on the session's standalone (GET) stream."""
+    await ctx.session.send_tool_list_changed()
+    return "sent"
+
+
+server.run(
+    transport="streamable-http",
+    host="127.0.0.1",
+    port=int(sys.argv[1]),
+    json_response=sys.argv[2] == "json",
+)
+'''
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def start_sdk_server(json_response: bool) -> tuple[subprocess.Popen[bytes], str]:
+    """Start the SDK server in its own process; (the process, its MCP endpoint URL).
+
+    Returns once it accepts connections. Stop it with :func:`stop_sdk_server`.
+    """
+    port = free_port()
+    mode = "json" if json_response else "sse"
+    with tempfile.TemporaryFile() as output:
+        process = subprocess.Popen(
+            [sys.executable, "-c", SDK_SERVER, str(port), mode],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not _accepts(port):
+            failed = process.poll() is not None or time.monotonic() > deadline
+            if failed:
+                stop_sdk_server(process)
+                output.seek(0)
+                log = output.read().decode(errors="replace")
+                raise RuntimeError(f"the SDK server did not start on port {port}:\n{log}")
+            time.sleep(0.05)  # polling a starting server, not waiting for time to pass
+    return process, f"http://127.0.0.1:{port}/mcp"
+
+
+def stop_sdk_server(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
