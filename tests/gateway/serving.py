@@ -9,42 +9,60 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+
+from tests.servers import free_port
+
+__all__ = ["Served", "free_port", "serve", "serve_process"]
 
 # Guards against hangs only.
 START_GUARD = 60.0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+@dataclass
+class Served:
+    url: str  # base URL, without a path
+    process: subprocess.Popen[bytes]
+
+
+def _wait_for_port(process: subprocess.Popen[bytes], port: int) -> None:
+    deadline = time.monotonic() + START_GUARD
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"sessionlog serve did not start on port {port}") from None
+            time.sleep(0.05)  # waiting for a process to bind, not for time to pass
 
 
 @contextmanager
-def serve(log_url: str) -> Iterator[str]:
-    """Run ``sessionlog serve`` on ``log_url``; yield its base URL; stop it (SIGTERM)."""
+def serve_process(log_url: str, *args: str, env: dict[str, str] | None = None) -> Iterator[Served]:
+    """Run ``sessionlog serve --log log_url *args``; stop it with SIGTERM at the end
+    (if the test did not kill it)."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--log", log_url],
+        [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--log", log_url, *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})},
     )
     try:
-        deadline = time.monotonic() + START_GUARD
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"sessionlog serve did not start on port {port}") from None
-                time.sleep(0.05)  # waiting for a process to bind, not for time to pass
-        yield f"http://127.0.0.1:{port}"
+        _wait_for_port(process, port)
+        yield Served(f"http://127.0.0.1:{port}", process)
     finally:
-        process.terminate()
+        if process.poll() is None:
+            process.terminate()
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@contextmanager
+def serve(log_url: str, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Like :func:`serve_process`; yields the base URL."""
+    with serve_process(log_url, *args, env=env) as served:
+        yield served.url
