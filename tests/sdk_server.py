@@ -16,6 +16,7 @@ __all__ = ["SDK_SERVER", "start_sdk_server", "stop_sdk_server"]
 # An MCP server on the official SDK, over Streamable HTTP on 127.0.0.1.
 # argv: port, then "json" for JSON responses or "sse" for SSE ones.
 SDK_SERVER = '''
+import asyncio
 import sys
 import warnings
 
@@ -45,6 +46,20 @@ async def touch_tools(ctx: Context) -> str:
     """Sends tools/list_changed on the session's standalone (GET) stream."""
     await ctx.session.send_tool_list_changed()
     return "sent"
+
+
+_gated: set[str] = set()
+
+
+@server.tool()
+async def gate(key: str, ctx: Context) -> str:
+    """The first call with a key logs "gated <key>" and never returns; later ones return
+    at once: a request in flight for as long as a test needs (to kill its gateway)."""
+    if key not in _gated:
+        _gated.add(key)
+        await ctx.info(f"gated {key}")
+        await asyncio.Event().wait()
+    return f"released {key}"
 
 
 server.run(

@@ -86,7 +86,7 @@ async def test_forward_lists_tools(upstream: Upstream) -> None:
     response = await upstream.forward(session, listing, protocol_version=version)
     assert response is not None and response["id"] == 2
     names = {tool["name"] for tool in response["result"]["tools"]}
-    assert names == {"echo", "chatty_echo", "touch_tools"}
+    assert names == {"echo", "chatty_echo", "touch_tools", "gate"}
 
 
 async def test_forward_calls_a_tool(upstream: Upstream) -> None:

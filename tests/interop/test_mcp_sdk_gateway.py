@@ -110,7 +110,7 @@ async def test_through_an_upstream_sdk_server(tmp_path: Path, sdk_upstream: str,
         with serve(f"sqlite:///{tmp_path}/log.db", "--upstream", sdk_upstream) as b:
             balancer = RoundRobin([urlsplit(a).port, urlsplit(b).port])  # type: ignore[list-item]
             async with mcp_session(kind, a, balancer, logging_callback=on_log) as session:
-                await _lists_and_echoes(session, ["echo", "chatty_echo", "touch_tools"])
+                await _lists_and_echoes(session, ["echo", "chatty_echo", "touch_tools", "gate"])
                 result = await session.call_tool("chatty_echo", {"text": "hello"})
                 assert (result.content[0].text, result.is_error) == ("hello", False)
     # The upstream's log message for that call, relayed on the call's own stream
