@@ -10,8 +10,17 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from eventlog import ClientMessage, MessageHandled, ServerMessage, SessionClosed, open_log
+from eventlog import (
+    ClientMessage,
+    MessageHandled,
+    OwnerReleased,
+    ServerMessage,
+    SessionClosed,
+    WorkerStopped,
+    open_log,
+)
 from gateway import HandlerContext, SessionNotFound, SessionRegistry
+from gateway.worker import OUTBOX_LIMIT
 from projections import SNAPSHOT_NAME, load_latest, timeline
 from tests.gateway.helpers import (
     HANG_GUARD,
@@ -338,3 +347,50 @@ async def test_sessions_cost_no_tasks_and_workers_announce_themselves() -> None:
     kinds = [type(r.event).__name__ for r in await log.read(limit=1_000) if r.worker == "w"]
     assert kinds[0] == "WorkerStarted" and kinds[-1] == "WorkerStopped"
     assert "WorkerHeartbeat" in kinds
+
+
+class StuckTransport(RecordingTransport):
+    """A client that stops reading: every send waits forever."""
+
+    async def send_message(self, message: dict[str, Any]) -> None:
+        await asyncio.Event().wait()
+
+
+async def test_a_client_that_does_not_read_loses_its_stream_not_the_memory(
+    registry: SessionRegistry,
+) -> None:
+    transport = StuckTransport()
+    await registry.add_session("s", transport)
+    runtime = registry.runtime
+    events = [
+        ServerMessage(session_id="s", payload=b'{"jsonrpc":"2.0","method":"n"}')
+        for _ in range(OUTBOX_LIMIT + 1)
+    ]
+    await runtime.log.append(events, worker="elsewhere")
+    await transport.wait_disconnected()
+    released = await wait_for_record(
+        runtime.log, lambda r: isinstance(r.event, OwnerReleased) and r.event.reason is not None
+    )
+    assert released.event.reason == "slow_client"  # type: ignore[union-attr]
+    assert registry.get_session_sync("s") is None
+    assert await registry.session_exists("s") is True  # resumable: only the stream ended
+
+
+async def test_stopping_a_worker_releases_its_streams_with_a_reason(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/log.db"
+    registry = SessionRegistry(log_url=url)
+    await registry.initialize()
+    transports = [RecordingTransport(), RecordingTransport()]
+    for number, transport in enumerate(transports):
+        await registry.add_session(f"s{number}", transport)
+    await registry.shutdown()
+    assert not any(transport.connected for transport in transports)
+    async with await open_log(url) as log:
+        records = await log.read(0, 1000)
+    released = {
+        r.event.session_id: r.event.reason for r in records if isinstance(r.event, OwnerReleased)
+    }
+    assert released == {"s0": "worker_stopped", "s1": "worker_stopped"}
+    assert isinstance(records[-1].event, WorkerStopped)
+    # Still open: a client may resume its session on another worker.
+    assert not any(isinstance(r.event, SessionClosed) for r in records)
