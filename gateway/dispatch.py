@@ -129,7 +129,11 @@ class Dispatcher:
             except UpstreamSessionLost as exc:
                 if attempt:
                     return self._failed(request_id, exc)
-                logger.info("session %s: upstream session lost; opening another", ctx.session_id)
+                logger.info(
+                    "session %s: upstream session lost; opening another",
+                    ctx.session_id,
+                    extra={"session_id": ctx.session_id},
+                )
                 await self._record_upstream(ctx.session_id, None)
             except UpstreamError as exc:
                 return self._failed(request_id, exc)
@@ -159,5 +163,10 @@ class Dispatcher:
             except UpstreamSessionLost:
                 await self._record_upstream(session_id, None)  # the next round opens another
             except UpstreamError as exc:
-                logger.warning("session %s: no upstream stream: %s", session_id, exc)
+                logger.warning(
+                    "session %s: no upstream stream: %s",
+                    session_id,
+                    exc,
+                    extra={"session_id": session_id},
+                )
                 return

@@ -17,6 +17,7 @@ from projections import SessionState
 from .auth import Authenticator, AuthError
 from .protocol import (
     INTERNAL_ERROR,
+    INVALID_PARAMS,
     INVALID_REQUEST,
     MISSING_PROTOCOL_VERSION,
     PARSE_ERROR,
@@ -56,7 +57,7 @@ def rpc_error(
     """An HTTP error whose body is a JSON-RPC error (id null); raise or return it."""
     error = web.HTTPException(
         headers=headers,
-        body=orjson.dumps(error_response(None, code, message)),
+        text=orjson.dumps(error_response(None, code, message)).decode(),
         content_type="application/json",
     )
     error.set_status(status)
@@ -69,7 +70,8 @@ async def read_message(request: web.Request) -> dict[str, Any]:
     Raises:
         web.HTTPException: 413 too big, 400/-32700 not JSON, 400/-32600 not a
             JSON-RPC 2.0 message (batches included), 400/-32002 initialize
-            without a protocol version.
+            without a protocol version, 400/-32602 initialize whose capabilities or
+            clientInfo is not an object.
     """
     try:
         body = await request.read()
@@ -95,11 +97,25 @@ async def read_message(request: web.Request) -> dict[str, Any]:
         params = message.get("params")
         if not isinstance(params, dict) or not params.get("protocolVersion"):
             raise rpc_error(400, MISSING_PROTOCOL_VERSION, "initialize needs a protocolVersion")
+        for name in ("capabilities", "clientInfo"):
+            # Recorded in the log as objects: anything else would be a record no
+            # worker can read back.
+            if params.get(name) is not None and not isinstance(params[name], dict):
+                raise rpc_error(400, INVALID_PARAMS, f"Invalid params: {name} must be an object")
     return message
 
 
 def _allowed(value: str, allowed: tuple[str, ...]) -> bool:
     return "*" in allowed or value in allowed
+
+
+def _hostname(url: str) -> str:
+    """The host name in ``url`` (brackets of an IPv6 address off); "" when it has
+    none or cannot be parsed (a stray "[" makes urlsplit raise)."""
+    try:
+        return (urlsplit(url).hostname or "").strip("[]")
+    except ValueError:
+        return ""
 
 
 def guards(settings: Settings, authenticator: Authenticator | None) -> list[Any]:
@@ -130,12 +146,12 @@ def guards(settings: Settings, authenticator: Authenticator | None) -> list[Any]
     @web.middleware
     async def rebinding_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         """DNS rebinding: a page on another site must not reach a local gateway."""
-        host = (urlsplit(f"//{request.host}").hostname or "").strip("[]")
+        host = _hostname(f"//{request.host}")
         if not _allowed(host, allowed_hosts):
             raise rpc_error(421, INVALID_REQUEST, f"Host {request.host!r} is not allowed")
         origin = request.headers.get("Origin")
         if origin is not None and not _allowed(origin, allowed_origins):
-            origin_host = (urlsplit(origin).hostname or "").strip("[]")
+            origin_host = _hostname(origin)
             if not (loopback and not settings.allowed_origins and origin_host in LOOPBACK_HOSTS):
                 raise rpc_error(403, INVALID_REQUEST, f"Origin {origin!r} is not allowed")
         return await handler(request)

@@ -200,7 +200,7 @@ class SessionRegistry:
         runtime = await self.started()
         kind = getattr(transport, "kind", "sse")
         await runtime.open_session(session_id, transport, kind, user)
-        logger.info("added session %s", session_id)
+        logger.info("added session %s", session_id, extra={"session_id": session_id})
 
     async def remove_session(self, session_id: str, reason: str = "removed") -> None:
         """Disconnect the local transport, release ownership and record the close."""
@@ -208,7 +208,7 @@ class SessionRegistry:
             return
         runtime = await self.started()
         await runtime.close_session(session_id, reason)  # type: ignore[arg-type]
-        logger.info("removed session %s (%s)", session_id, reason)
+        logger.info("removed session %s (%s)", session_id, reason, extra={"session_id": session_id})
 
     async def get_session(self, session_id: str) -> Any:
         """The transport if this worker holds the session, else None."""
@@ -268,7 +268,9 @@ class SessionRegistry:
             await runtime.sync()
             return owner
         except LogUnavailable as exc:
-            logger.error("cannot claim session %s: %s", session_id, exc)
+            logger.error(
+                "cannot claim session %s: %s", session_id, exc, extra={"session_id": session_id}
+            )
             return None
 
     async def get_session_owner(self, session_id: str) -> str | None:

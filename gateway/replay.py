@@ -37,7 +37,7 @@ class ReplayError(Exception):
 
 def parse_point(text: str) -> tuple[int | None, datetime | None]:
     """``--at``: a log position (digits) or an ISO 8601 time (UTC unless it says)."""
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return int(text), None
     try:
         moment = datetime.fromisoformat(text)

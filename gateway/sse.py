@@ -33,7 +33,7 @@ def _last_event_id(request: web.Request) -> int | None:
     value = request.headers.get("Last-Event-ID")
     if value is None:
         return None
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):
         raise rpc_error(400, INVALID_REQUEST, f"Last-Event-ID {value!r} is not an event id here")
     return int(value)
 

@@ -152,7 +152,7 @@ def _resume_point(request: web.Request) -> tuple[int | None, str | None]:
     if value is None:
         return None, None
     position, _, message_id = value.partition("/")
-    if not position.isdigit() or (message_id and len(message_id) != 32):
+    if not (position.isascii() and position.isdigit()) or (message_id and len(message_id) != 32):
         raise rpc_error(400, INVALID_REQUEST, f"Last-Event-ID {value!r} is not an event id here")
     return int(position), message_id or None
 

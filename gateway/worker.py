@@ -337,7 +337,11 @@ class WorkerRuntime:
             if len(local.outbox) > OUTBOX_LIMIT:
                 # The client reads slower than it is sent to: end its stream rather
                 # than queue without bound. It may resume from its last event id.
-                logger.warning("session %s: client too slow; ending its stream", session_id)
+                logger.warning(
+                    "session %s: client too slow; ending its stream",
+                    session_id,
+                    extra={"session_id": session_id},
+                )
                 self._spawn(self._release_quietly(session_id, "slow_client"))
         elif isinstance(event, ClientMessage):
             if event.answered_by is None and local.context is not None and self._owns(session_id):
@@ -405,7 +409,12 @@ class WorkerRuntime:
                 else:
                     await local.transport.send_message(orjson.loads(message.payload))
             except Exception as exc:
-                logger.info("session %s: transport failed (%s); closing it", session_id, exc)
+                logger.info(
+                    "session %s: transport failed (%s); closing it",
+                    session_id,
+                    exc,
+                    extra={"session_id": session_id},
+                )
                 self._spawn(self._close_quietly(session_id, "disconnected"))
 
         return send
@@ -423,7 +432,12 @@ class WorkerRuntime:
                     await self.answer(session_id, message_id, message, local.context)
                 except LogUnavailable as exc:
                     # Still pending in the log: the next sweep queues it again.
-                    logger.warning("session %s: reply not recorded yet: %s", session_id, exc)
+                    logger.warning(
+                        "session %s: reply not recorded yet: %s",
+                        session_id,
+                        exc,
+                        extra={"session_id": session_id},
+                    )
             finally:
                 if local is not None:
                     local.queued.discard(message_id)
@@ -467,7 +481,9 @@ class WorkerRuntime:
         try:
             reply = await self.handler(message, ctx)
         except Exception as exc:
-            logger.exception("session %s: the handler failed", session_id)
+            logger.exception(
+                "session %s: the handler failed", session_id, extra={"session_id": session_id}
+            )
             request_id = message.get("id") if isinstance(message, dict) else None
             reply = error_response(request_id, INTERNAL_ERROR, "Internal error", str(exc))
         events: list[Event] = []
@@ -581,13 +597,23 @@ class WorkerRuntime:
         try:
             await self.release_stream(session_id, reason)
         except LogUnavailable as exc:
-            logger.warning("session %s: release not recorded: %s", session_id, exc)
+            logger.warning(
+                "session %s: release not recorded: %s",
+                session_id,
+                exc,
+                extra={"session_id": session_id},
+            )
 
     async def _close_quietly(self, session_id: str, reason: CloseReason) -> None:
         try:
             await self.close_session(session_id, reason)
         except LogUnavailable as exc:
-            logger.warning("session %s: close not recorded: %s", session_id, exc)
+            logger.warning(
+                "session %s: close not recorded: %s",
+                session_id,
+                exc,
+                extra={"session_id": session_id},
+            )
 
     # -- housekeeping ------------------------------------------------------------------
 

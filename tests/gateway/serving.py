@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from tests.servers import free_port
 
@@ -38,16 +39,21 @@ def _wait_for_port(process: subprocess.Popen[bytes], port: int) -> None:
 
 
 @contextmanager
-def serve_process(log_url: str, *args: str, env: dict[str, str] | None = None) -> Iterator[Served]:
-    """Run ``sessionlog serve --log log_url *args``; stop it with SIGTERM at the end
-    (if the test did not kill it)."""
+def serve_process(
+    log_url: str, *args: str, env: dict[str, str] | None = None, output: Path | None = None
+) -> Iterator[Served]:
+    """Run ``sessionlog serve --log log_url *args``, its output to ``output`` if given;
+    stop it with SIGTERM at the end (if the test did not kill it)."""
     port = free_port()
+    sink = output.open("wb") if output is not None else subprocess.DEVNULL
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--log", log_url, *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=sink,
+        stderr=sink,
         env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})},
     )
+    if output is not None:
+        sink.close()  # type: ignore[union-attr]  # the child has its own copy
     try:
         _wait_for_port(process, port)
         yield Served(f"http://127.0.0.1:{port}", process)
