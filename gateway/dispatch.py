@@ -8,6 +8,8 @@ any worker forwards with it; with no upstream, the built-in tools answer.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -35,6 +37,8 @@ class Dispatcher:
         self.upstream = Upstream(upstream) if upstream else None
         # Set once the registry that calls this dispatcher exists (each needs the other).
         self.registry: SessionRegistry | None = None
+        # Relays waiting for their session's upstream session to open here.
+        self._opened: dict[str, asyncio.Event] = {}
 
     async def close(self) -> None:
         if self.upstream is not None:
@@ -94,6 +98,8 @@ class Dispatcher:
         event = UpstreamSessionOpened(session_id=session_id, upstream_session=upstream_session)
         await runtime.log.append([event], worker=runtime.worker_id)
         await runtime.sync()
+        if upstream_session is not None and session_id in self._opened:
+            self._opened.pop(session_id).set()
 
     async def _upstream_session(self, session_id: str) -> tuple[str | None, str | None]:
         """(upstream session id, protocol version) for the session, opening an
@@ -147,7 +153,13 @@ class Dispatcher:
 
     async def relay(self, session_id: str) -> None:
         """Pass the upstream's own messages for the session (its standalone stream) to
-        the log, for the stream holding the session; runs until cancelled."""
+        the log, for the stream holding the session; runs until cancelled.
+
+        It listens with the session's recorded upstream session and never opens one
+        itself: until the client's initialize does (on this worker, for HTTP+SSE), it
+        waits, looking at the projection again every heartbeat in case another worker
+        opened it.
+        """
         if self.upstream is None:
             return
         runtime = self._runtime()
@@ -155,18 +167,28 @@ class Dispatcher:
         async def record(message: dict[str, Any]) -> None:
             await runtime.send_server_message(session_id, message)
 
-        while True:
-            try:
-                upstream_session, version = await self._upstream_session(session_id)
-                await self.upstream.listen(upstream_session, record, protocol_version=version)
-                return
-            except UpstreamSessionLost:
-                await self._record_upstream(session_id, None)  # the next round opens another
-            except UpstreamError as exc:
-                logger.warning(
-                    "session %s: no upstream stream: %s",
-                    session_id,
-                    exc,
-                    extra={"session_id": session_id},
-                )
-                return
+        try:
+            while (session := runtime.projection.session(session_id)) is not None:
+                if session.upstream_session is None:
+                    opened = self._opened.setdefault(session_id, asyncio.Event())
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(runtime.heartbeat_interval):
+                            await opened.wait()
+                    continue
+                try:
+                    await self.upstream.listen(
+                        session.upstream_session or None, record, session.protocol_version
+                    )
+                    return  # the upstream has no standalone stream
+                except UpstreamSessionLost:
+                    await self._record_upstream(session_id, None)  # the next message opens one
+                except UpstreamError as exc:
+                    logger.warning(
+                        "session %s: no upstream stream: %s",
+                        session_id,
+                        exc,
+                        extra={"session_id": session_id},
+                    )
+                    return
+        finally:
+            self._opened.pop(session_id, None)

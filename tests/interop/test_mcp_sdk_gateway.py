@@ -5,6 +5,8 @@ and through --upstream to a server built with the SDK."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx2
+import mcp
 import pytest
 from mcp import ClientSession
 from mcp.client.sse import sse_client
@@ -127,3 +130,32 @@ async def test_a_dead_upstream_is_an_error_not_a_hang(tmp_path: Path, kind: str)
             stop_sdk_server(process)
             with pytest.raises(Exception, match="upstream unavailable"):
                 await session.call_tool("echo", {"text": "down"})
+
+
+async def test_the_sdk_default_client_falls_back_from_server_discover(tmp_path: Path) -> None:
+    with serve(f"sqlite:///{tmp_path}/log.db") as base:
+        async with mcp.Client(f"{base}/mcp", read_timeout_seconds=READ_TIMEOUT) as client:
+            result = await client.call_tool("echo", {"text": "auto"})
+            assert (result.content[0].text, result.is_error) == ("auto", False)
+
+
+@pytest.mark.parametrize("kind", TRANSPORTS)
+async def test_the_upstreams_own_messages_reach_the_clients_stream(
+    tmp_path: Path, sdk_upstream: str, kind: str
+) -> None:
+    """touch_tools makes the upstream send tools/list_changed on its standalone stream,
+    which the worker holding the client's stream relays; the upstream drops it if its
+    stream is not open yet, so the call is repeated until one arrives."""
+    changed = asyncio.Event()
+
+    async def on_message(message: Any) -> None:
+        if getattr(message, "method", None) == "notifications/tools/list_changed":
+            changed.set()
+
+    with serve(f"sqlite:///{tmp_path}/log.db", "--upstream", sdk_upstream) as base:
+        async with mcp_session(kind, base, message_handler=on_message) as session:
+            async with asyncio.timeout(READ_TIMEOUT):
+                while not changed.is_set():
+                    await session.call_tool("touch_tools", {})
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(changed.wait(), 0.5)
