@@ -15,7 +15,41 @@ import msgspec
 
 from tests.servers import PostgresServer, RedisServer
 
-__all__ = ["backends", "machine", "parse_args", "write_report"]
+__all__ = [
+    "Row",
+    "ScenarioResult",
+    "backends",
+    "machine",
+    "parse_args",
+    "percentile",
+    "write_report",
+]
+
+
+class Row(msgspec.Struct, kw_only=True):
+    """One measured number: a row of ``bench/results/summary.json``."""
+
+    scenario: str  # e.g. "delivery", "idle", "sustained", "tools-call", "append"
+    system: str  # "sessionlog", "contextforge" or "mcp-sdk"
+    backend: str  # "redis", "sqlite", "postgresql", "memory", or "" where none applies
+    parameter: str  # what was varied, e.g. "after idle", "1000 sessions", "20 clients"
+    metric: str  # e.g. "p50", "messages/s", "cpu %"
+    value: float
+    unit: str  # e.g. "ms", "1/s", "%", "KiB"
+
+
+class ScenarioResult(msgspec.Struct, kw_only=True):
+    """What a scenario hands the harness: its rows for summary.json, and everything
+    else (raw percentiles, parameters, failures) for ``bench/results/<scenario>.json``."""
+
+    rows: list[Row]
+    raw: dict[str, Any] = {}
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of ``values``, nearest rank."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def machine() -> dict[str, Any]:

@@ -96,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between heartbeats; a worker is dead after three missed",
     )
     serve.add_argument("--log-format", choices=["text", "json"], default=_env("LOG_FORMAT", "text"))
+    serve.add_argument(
+        "--access-log",
+        action="store_true",
+        default=_env("ACCESS_LOG", False, lambda v: v.lower() in ("1", "true", "yes")),
+        help="log every HTTP request (off by default: it costs ~0.2 ms a request)",
+    )
     audit = commands.add_parser(
         "replay", help="a session's timeline, or the registry's state at a point"
     )
@@ -129,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         session_ttl=args.session_ttl,
         heartbeat_interval=args.heartbeat_interval,
         log_format=args.log_format,
+        access_log=args.access_log,
     )
     if settings.workers < 1:
         print("sessionlog serve: --workers must be at least 1", file=sys.stderr)
@@ -167,6 +174,7 @@ def serve(settings: Settings, *, reuse_port: bool = False) -> int:
         print=None,
         handler_cancellation=True,
         reuse_port=reuse_port,
+        access_log=logging.getLogger("aiohttp.access") if settings.access_log else None,
     )
     return 0
 

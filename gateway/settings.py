@@ -36,3 +36,4 @@ class Settings:
     heartbeat_interval: float = 5.0  # s; a worker is dead after three missed beats
     session_ttl: float = 1800.0  # s an unheld session may idle before it expires
     log_format: str = "text"  # or "json": one JSON object per line
+    access_log: bool = False  # one line per HTTP request

@@ -14,7 +14,8 @@ from tests.servers import READY_TIMEOUT, free_port
 __all__ = ["SDK_SERVER", "start_sdk_server", "stop_sdk_server"]
 
 # An MCP server on the official SDK, over Streamable HTTP on 127.0.0.1.
-# argv: port, then "json" for JSON responses or "sse" for SSE ones.
+# argv: port; "json" for JSON responses or "sse" for SSE ones; the transport,
+# "streamable-http" or "sse" (HTTP+SSE).
 SDK_SERVER = '''
 import asyncio
 import sys
@@ -62,12 +63,15 @@ async def gate(key: str, ctx: Context) -> str:
     return f"released {key}"
 
 
-server.run(
-    transport="streamable-http",
-    host="127.0.0.1",
-    port=int(sys.argv[1]),
-    json_response=sys.argv[2] == "json",
-)
+if sys.argv[3] == "sse":
+    server.run(transport="sse", host="127.0.0.1", port=int(sys.argv[1]))
+else:
+    server.run(
+        transport="streamable-http",
+        host="127.0.0.1",
+        port=int(sys.argv[1]),
+        json_response=sys.argv[2] == "json",
+    )
 '''
 
 
@@ -77,8 +81,11 @@ def _accepts(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def start_sdk_server(json_response: bool) -> tuple[subprocess.Popen[bytes], str]:
-    """Start the SDK server in its own process; (the process, its MCP endpoint URL).
+def start_sdk_server(
+    json_response: bool, transport: str = "streamable-http"
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start the SDK server in its own process; (the process, its MCP endpoint URL:
+    ``/mcp`` for Streamable HTTP, ``/sse`` for HTTP+SSE).
 
     Returns once it accepts connections. Stop it with :func:`stop_sdk_server`.
     """
@@ -86,7 +93,7 @@ def start_sdk_server(json_response: bool) -> tuple[subprocess.Popen[bytes], str]
     mode = "json" if json_response else "sse"
     with tempfile.TemporaryFile() as output:
         process = subprocess.Popen(
-            [sys.executable, "-c", SDK_SERVER, str(port), mode],
+            [sys.executable, "-c", SDK_SERVER, str(port), mode, transport],
             stdout=output,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -100,7 +107,8 @@ def start_sdk_server(json_response: bool) -> tuple[subprocess.Popen[bytes], str]
                 log = output.read().decode(errors="replace")
                 raise RuntimeError(f"the SDK server did not start on port {port}:\n{log}")
             time.sleep(0.05)  # polling a starting server, not waiting for time to pass
-    return process, f"http://127.0.0.1:{port}/mcp"
+    path = "/sse" if transport == "sse" else "/mcp"
+    return process, f"http://127.0.0.1:{port}{path}"
 
 
 def stop_sdk_server(process: subprocess.Popen[bytes]) -> None:

@@ -1,0 +1,295 @@
+"""tools/call throughput: `sessionlog serve` against the official MCP SDK server.
+
+Both serve one ``echo`` tool: the SDK's ``MCPServer`` (one process, as its docs run
+it) and ``sessionlog serve`` with 1 and 2 workers and its built-in ``echo`` (on the
+embedded SQLite log: every call is two durable appends). One load generator
+drives both, in this process, over raw HTTP: each of N concurrent client sessions
+initializes, then calls ``echo`` back to back for a fixed time. Streamable HTTP
+calls ask for SSE responses (the SDK server's default mode); HTTP+SSE calls are
+POSTed and answered on the session's stream. Reported: calls/s, latency
+percentiles, and server CPU per call (user + system time of the server's processes,
+as /proc counts it, over the run). The load generator shares the machine's cores
+with the servers, as it would in a test on one box.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import psutil
+
+from gateway.upstream import SSEParser
+from tests.gateway.serving import _wait_for_port, free_port
+from tests.sdk_server import start_sdk_server, stop_sdk_server
+
+from .harness import Row, ScenarioResult, percentile
+
+__all__ = ["scenario"]
+
+TRANSPORTS = ("streamable-http", "sse")
+HANG_GUARD = 30.0
+ACCEPT = {"Accept": "application/json, text/event-stream"}
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 0,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "bench", "version": "0"},
+    },
+}
+
+
+def _call(request_id: int) -> dict[str, Any]:
+    return {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": "tools/call",
+        "params": {"name": "echo", "arguments": {"text": f"call {request_id}"}},
+    }
+
+
+async def _sse_messages(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
+    parser = SSEParser()
+    async for chunk in response.content.iter_any():
+        for event in parser.feed(chunk):
+            if event.event == "message":
+                yield orjson.loads(event.data)
+            elif event.event == "endpoint":
+                yield {"endpoint": event.data}
+
+
+class StreamableClient:
+    def __init__(self, http: aiohttp.ClientSession, url: str) -> None:
+        self.http, self.url, self.headers = http, url, dict(ACCEPT)
+
+    async def open(self) -> None:
+        async with self.http.post(self.url, json=INITIALIZE, headers=self.headers) as response:
+            response.raise_for_status()
+            self.headers["Mcp-Session-Id"] = response.headers["Mcp-Session-Id"]
+            await self._answer(response, 0)
+        self.headers["MCP-Protocol-Version"] = "2025-11-25"
+        initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        async with self.http.post(self.url, json=initialized, headers=self.headers) as response:
+            response.raise_for_status()
+
+    async def call(self, request_id: int) -> None:
+        message = _call(request_id)
+        async with self.http.post(self.url, json=message, headers=self.headers) as response:
+            response.raise_for_status()
+            answer = await self._answer(response, request_id)
+        if "result" not in answer:
+            raise RuntimeError(f"echo failed: {answer}")
+
+    async def _answer(self, response: aiohttp.ClientResponse, request_id: int) -> dict[str, Any]:
+        if response.content_type == "application/json":
+            return await response.json()
+        answer = None
+        # Read to the end of the stream (the server ends it after the answer), so the
+        # connection is kept for the next call.
+        async for message in _sse_messages(response):
+            if message.get("id") == request_id:
+                answer = message
+        if answer is None:
+            raise RuntimeError("the response stream ended without an answer")
+        return answer
+
+    async def close(self) -> None:
+        pass
+
+
+class SSEClient:
+    """HTTP+SSE: answers come on the session's stream, matched to calls by id."""
+
+    def __init__(self, http: aiohttp.ClientSession, url: str) -> None:
+        self.http, self.url = http, url
+        self.waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
+
+    async def open(self) -> None:
+        self.stream = await self.http.get(self.url, headers={"Accept": "text/event-stream"})
+        self.messages = _sse_messages(self.stream)
+        endpoint = (await anext(self.messages))["endpoint"]
+        base = self.url.rsplit("/", 1)[0]
+        self.endpoint = base + endpoint
+        self.reader = asyncio.create_task(self._read())
+        await self.call(0, INITIALIZE)
+        initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        async with self.http.post(self.endpoint, json=initialized) as response:
+            response.raise_for_status()
+
+    async def _read(self) -> None:
+        async for message in self.messages:
+            waiter = self.waiting.pop(message.get("id"), None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(message)
+
+    async def call(self, request_id: int, message: dict[str, Any] | None = None) -> None:
+        waiter = self.waiting[request_id] = asyncio.get_running_loop().create_future()
+        async with self.http.post(self.endpoint, json=message or _call(request_id)) as response:
+            response.raise_for_status()
+        answer = await asyncio.wait_for(waiter, HANG_GUARD)
+        if "result" not in answer:
+            raise RuntimeError(f"call failed: {answer}")
+
+    async def close(self) -> None:
+        self.reader.cancel()
+        self.stream.close()
+
+
+async def drive(url: str, transport: str, clients: int, seconds: float) -> list[float]:
+    """Latencies (ms) of every call N clients made back to back for ``seconds``."""
+    latencies: list[float] = []
+    ids = itertools.count(1)
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=HANG_GUARD)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+        kind = StreamableClient if transport == "streamable-http" else SSEClient
+        sessions = [kind(http, url) for _ in range(clients)]
+        await asyncio.gather(*(session.open() for session in sessions))
+        deadline = time.monotonic() + seconds
+
+        async def loop(session: StreamableClient | SSEClient) -> None:
+            while time.monotonic() < deadline:
+                started = time.perf_counter()
+                await session.call(next(ids))
+                latencies.append((time.perf_counter() - started) * 1000)
+
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*(loop(session) for session in sessions)), seconds + HANG_GUARD
+            )
+        finally:
+            await asyncio.gather(*(session.close() for session in sessions))
+    return latencies
+
+
+def _cpu_seconds(process: psutil.Process) -> float:
+    """User + system CPU of a process and its children (a --workers supervisor's)."""
+    total = 0.0
+    for each in [process, *process.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = each.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+@contextlib.contextmanager
+def _sessionlog(workdir: Path, workers: int) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    port = free_port()
+    log = f"sqlite:///{workdir}/tools-call-{workers}-{port}.db"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--port",
+            str(port),
+            "--log",
+            log,
+            "--workers",
+            str(workers),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for_port(process, port)
+        yield process, f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=HANG_GUARD)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextlib.contextmanager
+def _sdk(transport: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    process, url = start_sdk_server(json_response=False, transport=transport)
+    try:
+        yield process, url.rsplit("/", 1)[0]
+    finally:
+        stop_sdk_server(process)
+
+
+async def _measure(
+    process: subprocess.Popen[bytes], url: str, transport: str, clients: int, seconds: float
+) -> dict[str, Any]:
+    server = psutil.Process(process.pid)
+    await drive(url, transport, clients, min(1.0, seconds))  # warm-up: imports, caches
+    cpu_before, started = _cpu_seconds(server), time.perf_counter()
+    latencies = await drive(url, transport, clients, seconds)
+    elapsed, cpu = time.perf_counter() - started, _cpu_seconds(server) - cpu_before
+    return {
+        "calls": len(latencies),
+        "calls_per_second": len(latencies) / elapsed,
+        "p50_ms": percentile(latencies, 0.5),
+        "p95_ms": percentile(latencies, 0.95),
+        "p99_ms": percentile(latencies, 0.99),
+        "cpu_ms_per_call": 1000 * cpu / max(1, len(latencies)),
+    }
+
+
+def scenario(quick: bool, workdir: Path) -> ScenarioResult:
+    seconds = 1.0 if quick else 10.0
+    client_counts = (1, 20)
+    cases: list[dict[str, Any]] = []
+    systems: list[tuple[str, int]] = (
+        [("sessionlog", 1)] if quick else [("sessionlog", 1), ("sessionlog", 2), ("mcp-sdk", 1)]
+    )
+    for system, workers in systems:
+        for transport in TRANSPORTS:
+            server = _sdk(transport) if system == "mcp-sdk" else _sessionlog(workdir, workers)
+            with server as (process, base):
+                path = "/mcp" if transport == "streamable-http" else "/sse"
+                for clients in client_counts:
+                    measured = asyncio.run(
+                        _measure(process, base + path, transport, clients, seconds)
+                    )
+                    case = {
+                        "system": system,
+                        "workers": workers,
+                        "transport": transport,
+                        "clients": clients,
+                        **measured,
+                    }
+                    print(f"tools-call {case}", file=sys.stderr)
+                    cases.append(case)
+    rows = []
+    for case in cases:
+        parameter = f"{case['transport']}, {case['clients']} clients"
+        if case["system"] == "sessionlog":
+            parameter += f", {case['workers']} worker" + ("s" if case["workers"] > 1 else "")
+        backend = "sqlite" if case["system"] == "sessionlog" else ""
+        for metric, key, unit in (
+            ("calls/s", "calls_per_second", "1/s"),
+            ("p50", "p50_ms", "ms"),
+            ("p95", "p95_ms", "ms"),
+            ("p99", "p99_ms", "ms"),
+            ("cpu per call", "cpu_ms_per_call", "ms"),
+        ):
+            rows.append(
+                Row(
+                    scenario="tools-call",
+                    system=case["system"],
+                    backend=backend,
+                    parameter=parameter,
+                    metric=metric,
+                    value=case[key],
+                    unit=unit,
+                )
+            )
+    return ScenarioResult(rows=rows, raw={"seconds": seconds, "cases": cases})
