@@ -73,6 +73,9 @@ class Authenticator:
         subject = claims["sub"]
         if not isinstance(subject, str) or not subject:
             raise AuthError("invalid token: 'sub' must be a non-empty string")
+        if self._token is not None and subject == TOKEN_IDENTITY:
+            # Else a JWT could claim the static token holders' sessions.
+            raise AuthError(f"invalid token: 'sub' {TOKEN_IDENTITY!r} is reserved")
         return subject
 
 

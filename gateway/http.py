@@ -44,7 +44,7 @@ MAX_BODY = 4 * 2**20  # bytes of one POST
 # JSON-RPC code for missing or bad credentials (the server-defined range).
 UNAUTHORIZED = -32001
 # The request's identity (a JWT's sub), None when auth is off.
-IDENTITY = "sessionlog.identity"
+IDENTITY = web.RequestKey("identity", str | None)
 # Paths a load balancer or Prometheus reach without credentials.
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 

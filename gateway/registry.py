@@ -384,6 +384,12 @@ class SessionRegistry:
     ) -> None:
         runtime = await self.started()
         session = runtime.projection.session(session_id)
+        # Only objects are recorded: anything else from a client would make a record
+        # that no reader can decode.
+        if not isinstance(capabilities, dict):
+            capabilities = {}
+        if client_info is not None and not isinstance(client_info, dict):
+            client_info = {}
         # What this call does not say is kept from what was recorded before.
         if protocol_version is None:
             protocol_version = session.protocol_version if session is not None else None

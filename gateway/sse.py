@@ -13,7 +13,6 @@ from __future__ import annotations
 import secrets
 
 from aiohttp import web
-from aiohttp_sse import sse_response
 
 from eventlog import LogUnavailable
 
@@ -21,7 +20,7 @@ from .errors import SessionNotFound
 from .http import IDENTITY, find_session, log_unavailable, read_message, rpc_error
 from .protocol import INVALID_REQUEST
 from .registry import SessionRegistry
-from .streams import KEEPALIVE, SEND_TIMEOUT, EventStreamTransport, StreamLimits, hold_stream
+from .streams import EventStreamTransport, StreamLimits, event_stream, hold_stream
 
 __all__ = ["add_routes"]
 
@@ -53,20 +52,18 @@ async def open_stream(request: web.Request) -> web.StreamResponse:
     except LogUnavailable as exc:
         raise log_unavailable(exc) from None
     with request.app[LIMITS].opened(identity):
-        async with sse_response(
-            request, ping_interval=KEEPALIVE, send_timeout=SEND_TIMEOUT
-        ) as stream:
-            transport = EventStreamTransport(session_id, stream, "sse", carries=lambda _: True)
+        stream = event_stream()
+        transport = EventStreamTransport(session_id, stream, "sse", carries=lambda _: True)
 
-            async def endpoint(position: int) -> None:
-                await stream.send(f"/messages/?session_id={session_id}", event="endpoint")
+        async def endpoint(position: int) -> None:
+            await stream.send(f"/messages/?session_id={session_id}", event="endpoint")
 
-            try:
-                await hold_stream(
-                    request, registry, transport, after=after, first_event=endpoint, on_end="close"
-                )
-            except LogUnavailable as exc:
-                log_unavailable(exc)  # the stream is open already: it just ends
+        try:
+            await hold_stream(
+                request, registry, transport, after=after, first_event=endpoint, on_end="close"
+            )
+        except LogUnavailable as exc:  # before the response started
+            raise log_unavailable(exc) from None
         return stream
 
 

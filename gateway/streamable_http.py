@@ -27,7 +27,14 @@ from projections import SentMessage
 from .http import IDENTITY, find_session, log_unavailable, read_message, rpc_error
 from .protocol import INVALID_REQUEST, SUPPORTED_VERSIONS, negotiate_version
 from .registry import SessionRegistry
-from .streams import KEEPALIVE, SEND_TIMEOUT, EventStreamTransport, StreamLimits, hold_stream
+from .streams import (
+    KEEPALIVE,
+    SEND_TIMEOUT,
+    EventStreamTransport,
+    StreamLimits,
+    event_stream,
+    hold_stream,
+)
 from .worker import HandlerContext
 
 __all__ = ["MCP_PATH", "add_routes"]
@@ -184,26 +191,21 @@ async def get(request: web.Request) -> web.StreamResponse:
             )
     priming = (session.protocol_version or ASSUMED_VERSION) >= PRIMING_SINCE
     with request.app[LIMITS].opened(identity):
-        async with sse_response(
-            request,
-            headers=_reply_headers(session_id),
-            ping_interval=KEEPALIVE,
-            send_timeout=SEND_TIMEOUT,
-        ) as stream:
-            transport = EventStreamTransport(
-                session_id, stream, "streamable-http", carries=lambda sent: sent.reply_to is None
+        stream = event_stream(_reply_headers(session_id))
+        transport = EventStreamTransport(
+            session_id, stream, "streamable-http", carries=lambda sent: sent.reply_to is None
+        )
+
+        async def prime(position: int) -> None:
+            if priming:
+                await stream.send("", id=str(position))
+
+        try:
+            await hold_stream(
+                request, registry, transport, after=after, first_event=prime, on_end="release"
             )
-
-            async def prime(position: int) -> None:
-                if priming:
-                    await stream.send("", id=str(position))
-
-            try:
-                await hold_stream(
-                    request, registry, transport, after=after, first_event=prime, on_end="release"
-                )
-            except LogUnavailable as exc:
-                log_unavailable(exc)  # the stream is open already: it just ends
+        except LogUnavailable as exc:  # before the response started
+            raise log_unavailable(exc) from None
         return stream
 
 

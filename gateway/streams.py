@@ -34,6 +34,7 @@ __all__ = [
     "SEND_TIMEOUT",
     "EventStreamTransport",
     "StreamLimits",
+    "event_stream",
     "hold_stream",
 ]
 
@@ -126,6 +127,11 @@ class StreamLimits:
                 del self._open[identity]
 
 
+def event_stream(headers: dict[str, str] | None = None) -> EventSourceResponse:
+    """A server-to-client event stream, not yet sent (see :func:`hold_stream`)."""
+    return EventSourceResponse(headers=headers, ping_interval=KEEPALIVE, send_timeout=SEND_TIMEOUT)
+
+
 async def hold_stream(
     request: web.Request,
     registry: SessionRegistry,
@@ -137,13 +143,15 @@ async def hold_stream(
 ) -> None:
     """Hold ``transport``'s session on this worker until its client goes away.
 
-    Takes the session over if another worker held it; replays its server messages
-    after ``after`` (a Last-Event-ID), then streams live ones. ``first_event`` is
-    awaited with the position live messages start from, before any replay.
-    When the stream ends, the session is closed (``on_end="close"``) or only
-    released so another stream may hold it (``on_end="release"``).
+    Takes the session over if another worker held it, and only then starts the
+    response, so a log that cannot be reached is still a clean 503 (``LogUnavailable``
+    raised before anything is sent). Then ``first_event`` is awaited with the
+    position live messages start from; the session's server messages after
+    ``after`` (a Last-Event-ID) are replayed; live ones follow. When the stream
+    ends, the session is closed (``on_end="close"``) or only released so another
+    stream may hold it (``on_end="release"``).
     """
-    session_id = transport.session_id
+    session_id, stream = transport.session_id, transport.stream
     identity = request[IDENTITY]
     await registry.add_session(session_id, transport, user=identity)
     runtime = registry.runtime
@@ -153,13 +161,17 @@ async def hold_stream(
     if relay is not None:
         helpers.append(asyncio.create_task(relay(session_id)))
     try:
-        if first_event is not None:
-            await first_event(cutoff if after is None else after)
-        if after is not None:
-            for message in await runtime.replay(session_id, after, cutoff):
-                await transport.send_event(message)
-        transport.start(cutoff)
-        await transport.stream.wait()
+        await stream.prepare(request)
+        async with stream:
+            if first_event is not None:
+                await first_event(cutoff if after is None else after)
+            if after is not None:
+                for message in await runtime.replay(session_id, after, cutoff):
+                    await transport.send_event(message)
+            transport.start(cutoff)
+            await stream.wait()
+    except LogUnavailable as exc:
+        logger.warning("session %s: stream ended: %s", session_id, exc)
     finally:
         for helper in helpers:
             helper.cancel()

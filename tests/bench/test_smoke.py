@@ -1,4 +1,5 @@
-"""The benchmarks run, at small sizes, and write their results (no timing is asserted)."""
+"""`python -m bench --quick` runs every scenario of ours at small sizes and writes its
+results, the summary and the plots (no timing is asserted)."""
 
 from __future__ import annotations
 
@@ -7,28 +8,35 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from bench.__main__ import SCENARIOS, SLOW_BASELINES
+
+# Guards against hangs only; the quick run takes about two minutes on 2 cores.
+QUICK_GUARD = 600
 
 
-@pytest.mark.parametrize("name", ["eventlog", "registry"])
-def test_benchmark_runs_and_writes_results(name: str, tmp_path: Path) -> None:
-    out = tmp_path / f"{name}.json"
+def test_quick_run_writes_every_scenario_summary_and_plots(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", f"bench.{name}", "--quick", "--out", str(out)],
+        [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=QUICK_GUARD,
         cwd=Path(__file__).parents[2],
     )
-    assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads(out.read_text())
-    assert report["quick"] is True and report["machine"]["cores"] >= 1
-    if name == "eventlog":
-        backends = {r["backend"] for r in report["results"]}
-        assert backends == {"memory", "sqlite", "postgresql", "redis"}
-        assert all(r["events"] > 0 and r["per_second"] > 0 for r in report["results"])
-    else:
-        assert {r["backend"] for r in report["latency"]} == {"sqlite", "postgresql", "redis"}
-        assert all(r["messages"] > 0 for r in report["latency"])
-        assert {r["backend"] for r in report["idle"]} == {"sqlite", "postgresql", "redis"}
-        assert report["replay"]["records"] >= 20_000
+    assert result.returncode == 0, result.stderr[-3000:]
+    ours = set(SCENARIOS) - SLOW_BASELINES
+    for name in ours:
+        report = json.loads((tmp_path / f"{name}.json").read_text())
+        assert report["quick"] is True and report["machine"]["cores"] >= 1
+        assert report["rows"], f"{name} measured nothing"
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    measured = {(row["scenario"], row["backend"]) for row in summary}
+    for backend in ("memory", "sqlite", "postgresql", "redis"):
+        assert ("append", backend) in measured
+    for scenario in ("delivery", "idle", "sustained"):
+        for backend in ("sqlite", "postgresql", "redis"):
+            assert (scenario, backend) in measured
+    assert {"replay", "tools-call"} <= {scenario for scenario, _ in measured}
+    assert all(row["system"] == "sessionlog" and row["value"] >= 0 for row in summary)
+    for plot in ("delivery.png", "idle.png", "tools-call.png"):
+        assert (tmp_path / plot).stat().st_size > 0
+    assert "| backend | parameter | metric | sessionlog |" in result.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -394,3 +395,24 @@ async def test_stopping_a_worker_releases_its_streams_with_a_reason(tmp_path: Pa
     assert isinstance(records[-1].event, WorkerStopped)
     # Still open: a client may resume its session on another worker.
     assert not any(isinstance(r.event, SessionClosed) for r in records)
+
+
+async def test_the_registry_never_records_capabilities_it_cannot_read_back(
+    tmp_path: Path,
+) -> None:
+    # The same input through the registry's own API (the reference's, which other
+    # HTTP front ends call): an initialize whose clientInfo is not an object.
+    registry = SessionRegistry(log_url=f"sqlite:///{tmp_path}/log.db")
+    await registry.initialize(housekeeping=False)
+    try:
+        body = {"protocolVersion": "2025-11-25", "clientInfo": "t", "capabilities": ["x"]}
+        with contextlib.suppress(web.HTTPBadRequest):
+            await registry.handle_initialize_logic(body, "s1")
+    finally:
+        await registry.shutdown()
+    log = await open_log(f"sqlite:///{tmp_path}/log.db")
+    try:
+        await log.read(0, 100_000)
+        assert log.stats.undecodable == 0
+    finally:
+        await log.close()
