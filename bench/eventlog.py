@@ -1,10 +1,7 @@
 """Append and read throughput of every EventLog backend, side by side.
 
-    python -m bench.eventlog [--quick] [--out bench/results/eventlog.json]
-
-Starts its own PostgreSQL and Redis-protocol servers (the same wheels as the tests)
-on loopback, runs each case for a bounded number of events, prints a table and
-writes the results as JSON. Appenders are asyncio tasks sharing one log object, so
+Each case runs for a bounded number of events on a fresh log, three times (the
+median run is kept). Appenders are asyncio tasks sharing one log object, so
 concurrent appends are group-committed; ``events/append`` is how many events each
 ``append`` call carries.
 """
@@ -13,23 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import tempfile
 import time
-from pathlib import Path
 
 import msgspec
-from rich.console import Console
-from rich.table import Table
 
 from eventlog import EventLog, WorkerHeartbeat, open_log
 
-from .harness import backends, parse_args, write_report
+from .harness import Row, ScenarioResult
 
-__all__ = ["main"]
+__all__ = ["scenario"]
 
-RESULTS = Path(__file__).parent / "results" / "eventlog.json"
-TARGETS = {"memory": 500_000, "sqlite": 100_000, "redis": 100_000, "postgresql": 50_000}
-READ_TARGET = 500_000
 # (appenders, events per append) cases; the last is the group-commit target case.
 CASES = [(1, 1), (10, 1), (100, 1), (100, 10)]
 
@@ -105,50 +95,23 @@ async def bench_backend(backend: str, url: str, scale: int, repeats: int) -> lis
     return results
 
 
-def render(results: list[Result]) -> Table:
-    table = Table(title="EventLog throughput (events/s)")
-    for column in (
-        "backend",
-        "case",
-        "appenders",
-        "events/append",
-        "events",
-        "per second",
-        "commits",
-        "target",
-    ):
-        table.add_column(column, justify="right" if column != "backend" else "left")
-    for r in results:
-        target = READ_TARGET if r.case == "read" else TARGETS[r.backend]
-        is_target_case = r.case == "read" or (r.appenders, r.events_per_append) == CASES[-1]
-        table.add_row(
-            r.backend,
-            r.case,
-            str(r.appenders),
-            str(r.events_per_append),
-            f"{r.events:,}",
-            f"{r.per_second:,.0f}",
-            "" if r.commits is None else f"{r.commits:,}",
-            f">= {target:,}" if is_target_case else "",
-        )
-    return table
-
-
-async def run(scale: int, repeats: int) -> list[Result]:
+def scenario(quick: bool, urls: dict[str, str]) -> ScenarioResult:
+    scale, repeats = (2_000, 1) if quick else (50_000, 3)
     results: list[Result] = []
-    with tempfile.TemporaryDirectory() as directory, backends(Path(directory)) as urls:
-        for backend, url in urls.items():
-            results += await bench_backend(backend, url, scale, repeats)
-    return results
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(__doc__, RESULTS, argv)
-    scale, repeats = (2_000, 1) if args.quick else (50_000, 3)
-    results = asyncio.run(run(scale, repeats))
-    Console().print(render(results))
-    write_report(args.out, args.quick, scale=scale, repeats=repeats, results=results)
-
-
-if __name__ == "__main__":
-    main()
+    for backend, url in urls.items():
+        results += asyncio.run(bench_backend(backend, url, scale, repeats))
+    rows = [
+        Row(
+            scenario=r.case,
+            system="sessionlog",
+            backend=r.backend,
+            parameter=(
+                "" if r.case == "read" else f"{r.appenders} appenders x {r.events_per_append}"
+            ),
+            metric="events/s" if r.case == "append" else "records/s",
+            value=r.per_second,
+            unit="1/s",
+        )
+        for r in results
+    ]
+    return ScenarioResult(rows=rows, raw={"scale": scale, "repeats": repeats, "results": results})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import platform
@@ -20,10 +19,12 @@ __all__ = [
     "ScenarioResult",
     "backends",
     "machine",
-    "parse_args",
     "percentile",
-    "write_report",
+    "report",
 ]
+
+
+VERSIONED = ("sessionlog", "msgspec", "sqlalchemy", "asyncpg", "redis", "aiohttp", "mcp")
 
 
 class Row(msgspec.Struct, kw_only=True):
@@ -87,19 +88,12 @@ def backends(directory: Path) -> Iterator[dict[str, str]]:
         redis.stop()
 
 
-def parse_args(doc: str, default_out: Path, argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
-    parser.add_argument("--out", type=Path, default=default_out)
-    return parser.parse_args(argv)
-
-
-def write_report(out: Path, quick: bool, **results: Any) -> None:
+def report(out: Path, quick: bool, **results: Any) -> None:
     """Results as JSON, with the machine and library versions they were measured with."""
     out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "machine": machine(),
-        "versions": {p: version(p) for p in ("msgspec", "sqlalchemy", "asyncpg", "redis")},
+        "versions": {p: version(p) for p in VERSIONED},
         "quick": quick,
         **results,
     }

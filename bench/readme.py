@@ -1,129 +1,141 @@
-"""Write the README's benchmark tables from the results files, never by hand.
+"""The README's benchmark tables, generated from ``bench/results/summary.json``.
 
-    python -m bench.readme
-
-Each table sits between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->``.
+One table per scenario: sessionlog, its baseline where one was measured (the
+reference registry, or the official MCP SDK server), and how they compare. The
+tables sit between ``<!-- bench:summary -->`` and ``<!-- /bench:summary -->``.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-__all__ = ["main", "update"]
+from .harness import Row
 
-ROOT = Path(__file__).parent.parent
-README = ROOT / "README.md"
-RESULTS = Path(__file__).parent / "results"
+__all__ = ["render", "write"]
 
-EVENTLOG_TARGETS = {"memory": 500_000, "sqlite": 100_000, "redis": 100_000, "postgresql": 50_000}
-READ_TARGET = 500_000
-LATENCY_TARGETS = {"redis": "p50 <= 1, p99 <= 5", "postgresql": "p50 <= 2", "sqlite": "p50 <= 10"}
+README = Path(__file__).parent.parent / "README.md"
+MARKERS = re.compile(r"(<!-- bench:summary -->\n).*?(<!-- /bench:summary -->)", re.DOTALL)
 
-
-def _machine(report: dict[str, Any]) -> str:
-    m = report["machine"]
-    return (
-        f"Measured on {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, Python {m['python']}."
-    )
-
-
-def _verdict(value: float, target: float, higher_is_better: bool = True) -> str:
-    met = value >= target if higher_is_better else value <= target
-    return "met" if met else "**missed**"
-
-
-def eventlog_table(report: dict[str, Any]) -> str:
-    rows = [
-        "| backend | append, 1 appender | 10 | 100 | 100 x 10 events (target) | read (target) |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    by_backend: dict[str, dict[tuple[str, int, int], float]] = {}
-    for r in report["results"]:
-        key = (r["case"], r["appenders"], r["events_per_append"])
-        by_backend.setdefault(r["backend"], {})[key] = r["per_second"]
-    for backend, cases in by_backend.items():
-        target, grouped, read = (
-            EVENTLOG_TARGETS[backend],
-            cases[("append", 100, 10)],
-            cases[("read", 1, 1)],
-        )
-        rows.append(
-            f"| {backend} | {cases[('append', 1, 1)]:,.0f} | {cases[('append', 10, 1)]:,.0f} "
-            f"| {cases[('append', 100, 1)]:,.0f} "
-            f"| {grouped:,.0f} (>= {target:,}: {_verdict(grouped, target)}) "
-            f"| {read:,.0f} (>= {READ_TARGET:,}: {_verdict(read, READ_TARGET)}) |"
-        )
-    return "\n".join(["Events per second.", "", *rows, "", _machine(report)])
-
-
-def registry_table(report: dict[str, Any]) -> str:
-    rows = [
-        "| backend | path | pattern | messages | p50 ms | p95 ms | p99 ms | max ms | target |",
-        "|---|---|---|---:|---:|---:|---:|---:|---|",
-    ]
-    for r in report["latency"]:
-        rows.append(
-            f"| {r['backend']} | {r['path']} | {r['pattern']} | {r['messages']} "
-            f"| {r['p50_ms']:.2f} "
-            f"| {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.2f} "
-            f"| {LATENCY_TARGETS[r['backend']]} |"
-        )
-    if report.get("idle"):
-        rows += [
-            "",
-            "Idle cost of open sessions on one worker (targets at 10,000: connections and "
-            "operations flat in the session count, CPU < 2 %, < 20 KiB a session):",
-            "",
-            "| backend | sessions | connections | round trips/s | CPU % | KiB/session |",
-            "|---|---:|---:|---:|---:|---:|",
-        ]
-        for i in report["idle"]:
-            connections = "-" if i["connections"] is None else i["connections"]
-            ops = i["backend_ops_per_second"]
-            rows.append(
-                f"| {i['backend']} | {i['sessions']:,} | {connections} "
-                f"| {ops:.1f} | {i['cpu_percent']:.2f} "
-                f"| {i['kib_per_session']:.1f} |"
-            )
-    replay = report["replay"]
-    rate, start = replay["records_per_second"], replay["start_from_snapshot_seconds"]
-    rows += [
-        "",
-        "| log records | replay (decode + fold) | worker start from a snapshot at the head |",
-        "|---:|---:|---:|",
-        f"| {replay['records']:,} | {rate:,.0f} records/s (>= 500,000: {_verdict(rate, 5e5)}) "
-        f"| {start:.3f} s, snapshot {replay['snapshot_bytes'] / 2**20:.1f} MiB "
-        f"(< 1 s: {_verdict(start, 1.0, higher_is_better=False)}) |",
-    ]
-    return "\n".join([*rows, "", _machine(report)])
-
-
-SECTIONS: dict[str, Callable[[dict[str, Any]], str]] = {
-    "eventlog": eventlog_table,
-    "registry": registry_table,
+TITLES = {
+    "append": "Event log append throughput (100 appenders x 10 is the target case)",
+    "read": "Event log read + decode",
+    "delivery": "Broadcast -> transport across two processes",
+    "idle": "Idle cost of open sessions on one worker",
+    "sustained": "Sustained delivery across processes",
+    "replay": "Replay (decode + fold) and worker start from a snapshot",
+    "tools-call": "tools/call echo through the gateway vs the MCP SDK server",
 }
+# Metrics where more is better; for all others (latency, CPU, ...) less is.
+HIGHER_IS_BETTER = ("events/s", "records/s", "messages/s", "calls/s")
+# The targets of ../shared/DESIGN.md, by (scenario, backend, metric); "" matches any.
+TARGETS = {
+    ("append", "memory", "events/s"): ">= 500,000",
+    ("append", "sqlite", "events/s"): ">= 100,000",
+    ("append", "redis", "events/s"): ">= 100,000",
+    ("append", "postgresql", "events/s"): ">= 50,000",
+    ("read", "", "records/s"): ">= 500,000",
+    ("delivery", "redis", "p50"): "<= the reference's",
+    ("delivery", "redis", "p99"): "<= 5 ms",
+    ("delivery", "postgresql", "p50"): "<= 2 ms",
+    ("delivery", "sqlite", "p50"): "<= 10 ms",
+    ("idle", "", "cpu %"): "< 2 % at 10,000",
+    ("idle", "", "KiB/session"): "< 20 KB",
+    ("idle", "", "connections"): "flat",
+    ("idle", "", "ops/s"): "flat",
+    ("replay", "", "records/s"): ">= 500,000",
+    ("replay", "", "start from snapshot"): "< 1 s",
+    ("tools-call", "", "calls/s"): ">= 2x the SDK",
+}
+ORDER = ["tools-call", "delivery", "sustained", "idle", "append", "read", "replay"]
 
 
-def update(text: str, name: str, body: str) -> str:
-    pattern = re.compile(rf"(<!-- bench:{name} -->\n).*?(<!-- /bench:{name} -->)", re.DOTALL)
-    if not pattern.search(text):
-        raise SystemExit(f"README.md has no <!-- bench:{name} --> markers")
-    return pattern.sub(lambda m: f"{m.group(1)}{body}\n{m.group(2)}", text)
+def _target(row: Row) -> str:
+    if row.scenario == "append" and row.parameter != "100 appenders x 10":
+        return ""
+    for backend in (row.backend, ""):
+        if (found := TARGETS.get((row.scenario, backend, row.metric))) is not None:
+            return found
+    return ""
+
+
+def _number(value: float, unit: str) -> str:
+    if unit == "1/s" or value >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.3g}" if value < 10 else f"{value:.1f}"
+
+
+def _baseline_parameter(row: Row) -> str:
+    """Ours "sse, 20 clients, 2 workers" compares with the SDK's "sse, 20 clients"."""
+    return re.sub(r", \d+ workers?$", "", row.parameter)
+
+
+def _comparison(ours: float, theirs: float, metric: str) -> str:
+    if ours <= 0 or theirs <= 0:
+        return ""
+    ratio = ours / theirs if metric in HIGHER_IS_BETTER else theirs / ours
+    return f"{ratio:.2g}x better" if ratio >= 1 else f"**{1 / ratio:.2g}x worse**"
+
+
+def _key(row: Row, parameter: str) -> tuple[str, str, str]:
+    # The SDK server has no log backend: its rows match ours of any backend.
+    backend = "" if row.scenario == "tools-call" else row.backend
+    return (backend, parameter, row.metric)
+
+
+def _value(row: Row) -> str:
+    return f"{_number(row.value, row.unit)} {row.unit}"
+
+
+def _table(scenario: str, rows: list[Row]) -> str:
+    ours = [r for r in rows if r.scenario == scenario and r.system == "sessionlog"]
+    baselines = [r for r in rows if r.scenario == scenario and r.system != "sessionlog"]
+    theirs = {_key(r, r.parameter): r for r in baselines}
+    name = baselines[0].system if baselines else ""
+    header, rule = "| backend | parameter | metric | sessionlog |", "|---|---|---|---:|"
+    if baselines:
+        header += f" {name} | sessionlog vs {name} |"
+        rule += "---:|---|"
+    lines = [f"**{TITLES.get(scenario, scenario)}**", "", f"{header} target |", f"{rule}---|"]
+    matched = set()
+    for r in ours:
+        cells = [r.backend, r.parameter, r.metric, _value(r)]
+        if baselines:
+            other = theirs.get(_key(r, _baseline_parameter(r)))
+            if other is None:
+                cells += ["", ""]
+            else:
+                matched.add(_key(other, other.parameter))
+                cells += [_value(other), _comparison(r.value, other.value, r.metric)]
+        lines.append("| " + " | ".join([*cells, _target(r)]) + " |")
+    for k, r in theirs.items():
+        if k not in matched:  # measured for the baseline only (e.g. its raised pool)
+            lines.append(
+                "| " + " | ".join([r.backend, r.parameter, r.metric, "", _value(r), "", ""]) + " |"
+            )
+    return "\n".join(lines)
+
+
+def render(rows: list[Row]) -> str:
+    scenarios = {row.scenario for row in rows}
+    ordered = [s for s in ORDER if s in scenarios] + sorted(scenarios - set(ORDER))
+    return "\n\n".join(_table(scenario, rows) for scenario in ordered)
+
+
+def write(rows: list[Row]) -> None:
+    """Put the tables for ``rows`` between the README's markers."""
+    text = README.read_text()
+    if not MARKERS.search(text):
+        raise SystemExit("README.md has no <!-- bench:summary --> markers")
+    body = render(rows)
+    README.write_text(MARKERS.sub(lambda m: f"{m.group(1)}{body}\n{m.group(2)}", text))
 
 
 def main() -> None:
-    text = README.read_text()
-    for name, render in SECTIONS.items():
-        path = RESULTS / f"{name}.json"
-        if path.exists():
-            report = json.loads(path.read_text())
-            if not report.get("quick"):
-                text = update(text, name, render(report))
-    README.write_text(text)
+    """Rewrite the README's tables from the committed summary.json."""
+    raw = json.loads((Path(__file__).parent / "results" / "summary.json").read_text())
+    write([Row(**row) for row in raw])
 
 
 if __name__ == "__main__":

@@ -1,6 +1,5 @@
-"""SessionRegistry across processes: delivery latency, replay speed, start from a snapshot.
-
-    python -m bench.registry [--quick] [--out bench/results/registry.json]
+"""SessionRegistry across processes: delivery latency, idle cost, sustained delivery,
+replay speed and start from a snapshot.
 
 Delivery: a holder process adds a session and answers it (``respond``); this
 process ``broadcast``s requests carrying their send time; the holder's handler
@@ -12,6 +11,9 @@ Idle cost: one worker holds 100, 1,000 and 10,000 sessions and does nothing for 
 while: its connections to the backend (as the server counts them), the round trips it
 makes per second, its CPU, and its memory per session.
 
+Sustained: a holder process answers 100 sessions; the sender broadcasts to all of
+them at once, each session's next message as soon as its last is acknowledged.
+
 Replay: a log of about 1M records (sessions with their messages and replies) is
 read, decoded and folded; then a worker starts from a snapshot at its head.
 """
@@ -22,7 +24,6 @@ import asyncio
 import multiprocessing
 import os
 import statistics
-import tempfile
 import time
 import tracemalloc
 from pathlib import Path
@@ -31,8 +32,6 @@ from typing import Any
 import asyncpg
 import msgspec
 import redis.asyncio as aioredis
-from rich.console import Console
-from rich.table import Table
 
 from eventlog import (
     ClientMessage,
@@ -47,13 +46,11 @@ from eventlog import (
 from gateway import HandlerContext, SessionRegistry
 from projections import SNAPSHOT_NAME, RegistryProjection, catch_up, encode_snapshot
 
-from .harness import backends, parse_args, write_report
+from .harness import Row, ScenarioResult, percentile
 
-__all__ = ["main"]
+__all__ = ["delivery_scenario", "idle_scenario", "replay_scenario", "sustained_scenario"]
 
-RESULTS = Path(__file__).parent / "results" / "registry.json"
 SPAWN = multiprocessing.get_context("spawn")
-TARGET_P50_MS = {"redis": 1.0, "postgresql": 2.0, "sqlite": 10.0}
 HANG_GUARD = 120.0
 
 
@@ -126,11 +123,6 @@ def _hold(url: str, expected: int, via_log: bool, ready: Any, results: Any) -> N
     asyncio.run(run())
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 async def bench_latency(
     backend: str, url: str, busy: int, idle: int, via_log: bool
 ) -> list[LatencyResult]:
@@ -162,8 +154,8 @@ async def bench_latency(
                 path=path,
                 messages=len(values),
                 p50_ms=statistics.median(values),
-                p95_ms=_percentile(values, 0.95),
-                p99_ms=_percentile(values, 0.99),
+                p95_ms=percentile(values, 0.95),
+                p99_ms=percentile(values, 0.99),
                 max_ms=max(values),
             )
         )
@@ -321,75 +313,195 @@ async def bench_replay(directory: Path, records: int) -> ReplayResult:
     )
 
 
-# -- report --------------------------------------------------------------------------------
+# -- sustained delivery --------------------------------------------------------------------
 
 
-def render(
-    latency: list[LatencyResult], idle: list[IdleResult], replay: ReplayResult
-) -> list[Table]:
-    table = Table(title="Broadcast -> transport across processes (ms)")
-    columns = ("backend", "path", "pattern", "messages", "p50", "p95", "p99", "max", "p50 target")
-    for column in columns:
-        table.add_column(column, justify="right" if column in columns[3:] else "left")
-    for r in latency:
-        table.add_row(
-            r.backend,
-            r.path,
-            r.pattern,
-            str(r.messages),
-            *(f"{v:.2f}" for v in (r.p50_ms, r.p95_ms, r.p99_ms, r.max_ms)),
-            f"<= {TARGET_P50_MS[r.backend]:g}",
+def _hold_many(url: str, sessions: int, expected: int, ready: Any, results: Any) -> None:
+    async def run() -> None:
+        latencies: list[float] = []
+        done = asyncio.Event()
+        transports = {f"s{i}": _TimingTransport(latencies, done, expected) for i in range(sessions)}
+
+        async def echo(message: dict[str, Any], ctx: HandlerContext) -> dict[str, Any] | None:
+            reply = {"jsonrpc": "2.0", "id": message["id"], "result": message["params"]}
+            await transports[ctx.session_id].send_message(reply)
+            return None
+
+        registry = SessionRegistry(log_url=url, handler=echo, worker_id="holder")
+        await registry.initialize()
+        responders = []
+        for session_id, transport in transports.items():
+            await registry.add_session(session_id, transport)
+            responders.append(asyncio.create_task(registry.respond(None, {}, session_id)))
+        ready.set()
+        await asyncio.wait_for(done.wait(), HANG_GUARD)
+        results.put((latencies, time.monotonic_ns()))
+        for responder in responders:
+            responder.cancel()
+        await registry.shutdown()
+
+    asyncio.run(run())
+
+
+async def bench_sustained(url: str, sessions: int, messages: int) -> dict[str, float]:
+    """Messages/s delivered across processes: one sender per session, each
+    broadcasting its next message as soon as the last is acknowledged (durable)."""
+    ready, results = SPAWN.Event(), SPAWN.Queue()
+    holder = SPAWN.Process(target=_hold_many, args=(url, sessions, messages, ready, results))
+    holder.start()
+    sender = SessionRegistry(log_url=url, worker_id="sender")
+    await sender.initialize()
+    try:
+        await asyncio.to_thread(ready.wait, HANG_GUARD)
+        per_session = messages // sessions
+
+        async def send(session_id: str) -> None:
+            for i in range(per_session):
+                message = {"jsonrpc": "2.0", "id": i, "method": "ping"}
+                message["params"] = {"t": time.monotonic_ns()}
+                await sender.broadcast(session_id, message)
+
+        started = time.monotonic_ns()
+        await asyncio.gather(*(send(f"s{i}") for i in range(sessions)))
+        latencies, finished = await asyncio.to_thread(results.get, timeout=HANG_GUARD)
+        await asyncio.to_thread(holder.join, HANG_GUARD)
+    finally:
+        await sender.shutdown()
+        if holder.is_alive():
+            holder.kill()
+    return {
+        "messages": len(latencies),
+        "messages_per_second": len(latencies) / ((finished - started) / 1e9),
+        "p50_ms": statistics.median(latencies),
+        "p99_ms": percentile(latencies, 0.99),
+    }
+
+
+# -- scenarios for the harness -------------------------------------------------------------
+
+SHARED = ("sqlite", "postgresql", "redis")
+
+
+def delivery_scenario(quick: bool, urls: dict[str, str]) -> ScenarioResult:
+    busy, idle_gaps = (20, 2) if quick else (200, 20)
+    results: list[LatencyResult] = []
+    for backend in SHARED:
+        url = urls[backend].replace("NS", "delivery")
+        for via_log in (False, True):
+            results += asyncio.run(bench_latency(backend, url, busy, idle_gaps, via_log))
+    rows = []
+    for r in results:
+        parameter = (
+            r.pattern if r.path == "handler sends" else f"{r.pattern}, reply through the log"
         )
-    idle_table = Table(title="Idle cost of open sessions on one worker")
-    for column in ("backend", "sessions", "connections", "ops/s", "CPU %", "KiB/session"):
-        idle_table.add_column(column, justify="left" if column == "backend" else "right")
-    for i in idle:
-        idle_table.add_row(
-            i.backend,
-            f"{i.sessions:,}",
-            "-" if i.connections is None else str(i.connections),
-            "-" if i.backend_ops_per_second is None else f"{i.backend_ops_per_second:.1f}",
-            f"{i.cpu_percent:.2f}",
-            f"{i.kib_per_session:.1f}",
+        for metric, value in (
+            ("p50", r.p50_ms),
+            ("p95", r.p95_ms),
+            ("p99", r.p99_ms),
+            ("max", r.max_ms),
+        ):
+            rows.append(
+                Row(
+                    scenario="delivery",
+                    system="sessionlog",
+                    backend=r.backend,
+                    parameter=parameter,
+                    metric=metric,
+                    value=value,
+                    unit="ms",
+                )
+            )
+        rows.append(
+            Row(
+                scenario="delivery",
+                system="sessionlog",
+                backend=r.backend,
+                parameter=parameter,
+                metric="lost",
+                value=0,
+                unit="messages",
+            )
         )
-    replay_table = Table(title="Replay and worker start (SQLite log)")
-    for column in ("records", "replay s", "records/s", "snapshot", "start from snapshot s"):
-        replay_table.add_column(column, justify="right")
-    replay_table.add_row(
-        f"{replay.records:,}",
-        f"{replay.replay_seconds:.2f}",
-        f"{replay.records_per_second:,.0f} (target >= 500,000)",
-        f"{replay.snapshot_bytes / 2**20:.1f} MiB",
-        f"{replay.start_from_snapshot_seconds:.3f} (target < 1)",
+    return ScenarioResult(
+        rows=rows, raw={"busy": busy, "after_idle": idle_gaps, "results": results}
     )
-    return [table, idle_table, replay_table]
 
 
-async def run(quick: bool) -> tuple[list[LatencyResult], list[IdleResult], ReplayResult]:
-    busy, idle_gaps = (20, 2) if quick else (300, 15)
+def idle_scenario(quick: bool, urls: dict[str, str]) -> ScenarioResult:
     sizes, window = ((100,), 1.0) if quick else ((100, 1_000, 10_000), 10.0)
-    latency: list[LatencyResult] = []
-    idle: list[IdleResult] = []
-    with tempfile.TemporaryDirectory() as directory, backends(Path(directory)) as urls:
-        for backend in ("sqlite", "postgresql", "redis"):
-            url = urls[backend].replace("NS", "registry")
-            for via_log in (False, True):
-                latency += await bench_latency(backend, url, busy, idle_gaps, via_log)
-            for size in sizes:
-                idle_url = urls[backend].replace("NS", f"idle{size}")
-                idle.append(await bench_idle(backend, idle_url, size, window))
-        replay = await bench_replay(Path(directory), 20_000 if quick else 1_000_000)
-    return latency, idle, replay
+    results = [
+        asyncio.run(bench_idle(backend, urls[backend].replace("NS", f"idle{size}"), size, window))
+        for backend in SHARED
+        for size in sizes
+    ]
+    rows = []
+    for r in results:
+        for metric, value, unit in (
+            ("connections", r.connections, "connections"),
+            ("ops/s", r.backend_ops_per_second, "1/s"),
+            ("cpu %", r.cpu_percent, "%"),
+            ("KiB/session", r.kib_per_session, "KiB"),
+        ):
+            if value is not None:
+                rows.append(
+                    Row(
+                        scenario="idle",
+                        system="sessionlog",
+                        backend=r.backend,
+                        parameter=f"{r.sessions} sessions",
+                        metric=metric,
+                        value=value,
+                        unit=unit,
+                    )
+                )
+    return ScenarioResult(rows=rows, raw={"window_seconds": window, "results": results})
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(__doc__, RESULTS, argv)
-    latency, idle, replay = asyncio.run(run(args.quick))
-    console = Console()
-    for table in render(latency, idle, replay):
-        console.print(table)
-    write_report(args.out, args.quick, latency=latency, idle=idle, replay=replay)
+def sustained_scenario(quick: bool, urls: dict[str, str]) -> ScenarioResult:
+    sessions, messages = 100, (1_000 if quick else 5_000)
+    rows, raw = [], {}
+    for backend in SHARED:
+        url = urls[backend].replace("NS", "sustained")
+        measured = raw[backend] = asyncio.run(bench_sustained(url, sessions, messages))
+        for metric, key, unit in (
+            ("messages/s", "messages_per_second", "1/s"),
+            ("p50", "p50_ms", "ms"),
+            ("p99", "p99_ms", "ms"),
+        ):
+            rows.append(
+                Row(
+                    scenario="sustained",
+                    system="sessionlog",
+                    backend=backend,
+                    parameter=f"{sessions} sessions",
+                    metric=metric,
+                    value=measured[key],
+                    unit=unit,
+                )
+            )
+    return ScenarioResult(rows=rows, raw={"sessions": sessions, "messages": messages, **raw})
 
 
-if __name__ == "__main__":
-    main()
+def replay_scenario(quick: bool, workdir: Path) -> ScenarioResult:
+    result = asyncio.run(bench_replay(workdir, 20_000 if quick else 1_000_000))
+    rows = [
+        Row(
+            scenario="replay",
+            system="sessionlog",
+            backend="sqlite",
+            parameter=f"{result.records} records",
+            metric="records/s",
+            value=result.records_per_second,
+            unit="1/s",
+        ),
+        Row(
+            scenario="replay",
+            system="sessionlog",
+            backend="sqlite",
+            parameter=f"{result.records} records",
+            metric="start from snapshot",
+            value=result.start_from_snapshot_seconds,
+            unit="s",
+        ),
+    ]
+    return ScenarioResult(rows=rows, raw={"result": result})
