@@ -46,6 +46,7 @@ def build_app(settings: Settings, *, worker_id: str | None = None) -> web.Applic
     streamable_http.add_routes(app, registry, limits)
     operations.add_routes(app, registry, metrics)
     app[RELAY] = dispatcher.relay
+    app[streamable_http.SESSION_ENDED] = dispatcher.end
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         await registry.initialize()

@@ -151,6 +151,15 @@ class Dispatcher:
             return None  # a notification: nobody to tell
         return error_response(request_id, INTERNAL_ERROR, f"upstream unavailable: {exc}")
 
+    async def end(self, session_id: str) -> None:
+        """The client ended the session: end its upstream session too (best effort;
+        the upstream's own idle timeout ends it otherwise)."""
+        if self.upstream is None:
+            return
+        session = self._runtime().projection.session(session_id)
+        if session is not None and session.upstream_session:
+            await self.upstream.end_session(session.upstream_session)
+
     async def relay(self, session_id: str) -> None:
         """Pass the upstream's own messages for the session (its standalone stream) to
         the log, for the stream holding the session; runs until cancelled.

@@ -16,6 +16,7 @@ log position; ``DELETE /mcp`` ends the session.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web
@@ -37,7 +38,7 @@ from .streams import (
 )
 from .worker import HandlerContext
 
-__all__ = ["MCP_PATH", "add_routes"]
+__all__ = ["MCP_PATH", "SESSION_ENDED", "add_routes"]
 
 MCP_PATH = "/mcp"
 SESSION_HEADER = "Mcp-Session-Id"
@@ -49,6 +50,9 @@ ASSUMED_VERSION = "2025-03-26"
 PRIMING_SINCE = "2025-11-25"
 
 REGISTRY = web.AppKey("mcp_registry", SessionRegistry)
+# Told when a client ends its session (DELETE), before the session closes.
+SessionEnded = Callable[[str], Awaitable[None]]
+SESSION_ENDED = web.AppKey("session_ended", SessionEnded)
 LIMITS = web.AppKey("mcp_limits", StreamLimits)
 
 
@@ -235,6 +239,8 @@ async def delete(request: web.Request) -> web.Response:
     try:
         runtime = await registry.started()
         await find_session(runtime, session_id, request[IDENTITY])
+        if (ended := request.app.get(SESSION_ENDED)) is not None:
+            await ended(session_id)
         await registry.remove_session(session_id, "client")
     except LogUnavailable as exc:
         raise log_unavailable(exc) from None

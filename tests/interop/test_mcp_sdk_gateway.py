@@ -21,6 +21,7 @@ from mcp import ClientSession
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 
+from eventlog import UpstreamSessionOpened, open_log
 from tests.gateway.serving import serve
 from tests.sdk_server import start_sdk_server, stop_sdk_server
 
@@ -119,6 +120,22 @@ async def test_through_an_upstream_sdk_server(tmp_path: Path, sdk_upstream: str,
     # The upstream's log message for that call, relayed on the call's own stream
     # (Streamable HTTP) or on the session's stream (HTTP+SSE).
     assert logged == ["echoing hello"]
+    if kind == "streamable-http":
+        # The client's DELETE at the end ended the upstream session as well.
+        async with await open_log(f"sqlite:///{tmp_path}/log.db") as log:
+            records = await log.read(0, 10_000)
+        [upstream_session] = [
+            r.event.upstream_session
+            for r in records
+            if isinstance(r.event, UpstreamSessionOpened) and r.event.upstream_session
+        ]
+        async with httpx2.AsyncClient() as http:
+            ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+            headers = {
+                "Mcp-Session-Id": upstream_session,
+                "Accept": "application/json, text/event-stream",
+            }
+            assert (await http.post(sdk_upstream, json=ping, headers=headers)).status_code == 404
 
 
 @pytest.mark.parametrize("kind", TRANSPORTS)
