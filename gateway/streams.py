@@ -92,7 +92,9 @@ class EventStreamTransport:
             self.stream.stop_streaming()
 
     async def is_connected(self) -> bool:
-        return self.stream.is_connected()
+        # Not sent yet is not gone: hold_stream takes the session before it starts the
+        # response (and cleans up itself if it never does).
+        return not self.stream.prepared or self.stream.is_connected()
 
 
 class StreamLimits:

@@ -342,7 +342,7 @@ class WorkerRuntime:
                     session_id,
                     extra={"session_id": session_id},
                 )
-                self._spawn(self._release_quietly(session_id, "slow_client"))
+                self._spawn_recorded(session_id, self.release_stream(session_id, "slow_client"))
         elif isinstance(event, ClientMessage):
             if event.answered_by is None and local.context is not None and self._owns(session_id):
                 self._queue(session_id, local, event.id)
@@ -415,7 +415,7 @@ class WorkerRuntime:
                     exc,
                     extra={"session_id": session_id},
                 )
-                self._spawn(self._close_quietly(session_id, "disconnected"))
+                self._spawn_recorded(session_id, self.close_session(session_id, "disconnected"))
 
         return send
 
@@ -593,27 +593,22 @@ class WorkerRuntime:
                     found.append(SentMessage(record.position, event.payload, event.reply_to))
         return found
 
-    async def _release_quietly(self, session_id: str, reason: str) -> None:
-        try:
-            await self.release_stream(session_id, reason)
-        except LogUnavailable as exc:
-            logger.warning(
-                "session %s: release not recorded: %s",
-                session_id,
-                exc,
-                extra={"session_id": session_id},
-            )
+    def _spawn_recorded(self, session_id: str, change: Coroutine[Any, Any, None]) -> None:
+        """Run a session change in the background; a log that is down only loses
+        the record of it (the sweep or the next owner sets things right)."""
 
-    async def _close_quietly(self, session_id: str, reason: CloseReason) -> None:
-        try:
-            await self.close_session(session_id, reason)
-        except LogUnavailable as exc:
-            logger.warning(
-                "session %s: close not recorded: %s",
-                session_id,
-                exc,
-                extra={"session_id": session_id},
-            )
+        async def run() -> None:
+            try:
+                await change
+            except LogUnavailable as exc:
+                logger.warning(
+                    "session %s: not recorded: %s",
+                    session_id,
+                    exc,
+                    extra={"session_id": session_id},
+                )
+
+        self._spawn(run())
 
     # -- housekeeping ------------------------------------------------------------------
 
