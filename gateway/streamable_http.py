@@ -125,10 +125,10 @@ async def post(request: web.Request) -> web.StreamResponse:
     ctx = HandlerContext(session_id, None, {"identity": identity})
     if "method" not in message or "id" not in message:
         # A notification, or a response to a server request: recorded, handled, no answer.
-        await runtime.answer(session_id, message_id, message, ctx)
+        await runtime.answer_shielded(session_id, message_id, message, ctx)
         return web.Response(status=202, headers=_reply_headers(session_id))
     if not wants_sse:
-        reply = await runtime.answer(session_id, message_id, message, ctx)
+        reply = await runtime.answer_shielded(session_id, message_id, message, ctx)
         assert reply is not None
         return web.Response(
             body=reply.payload, content_type="application/json", headers=_reply_headers(session_id)
@@ -146,7 +146,9 @@ async def post(request: web.Request) -> web.StreamResponse:
         async def send(sent: SentMessage) -> None:
             await _send_event(stream, sent, message_id)
 
-        reply = await runtime.answer(session_id, message_id, message, ctx, send_related=send)
+        reply = await runtime.answer_shielded(
+            session_id, message_id, message, ctx, send_related=send
+        )
         assert reply is not None
         await send(reply)
     return stream

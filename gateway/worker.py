@@ -18,7 +18,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
@@ -56,6 +56,8 @@ from .protocol import INTERNAL_ERROR, error_response
 __all__ = ["HandlerContext", "MessageHandler", "Transport", "WorkerRuntime"]
 
 logger = logging.getLogger("sessionlog.gateway")
+
+T = TypeVar("T")
 
 # Limits
 TAKEOVER_ATTEMPTS = 5  # compare-and-set rounds before add_session gives up
@@ -147,7 +149,7 @@ class WorkerRuntime:
         self.projection = RegistryProjection()
         self.local: dict[str, _LocalSession] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._chores: set[asyncio.Task[None]] = set()  # one-off tasks, kept from the GC
+        self._chores: set[asyncio.Task[Any]] = set()  # one-off tasks, kept from the GC
         self._sync_lock = asyncio.Lock()
         self._snapshot_mark = 0
         # Told how long each server message for a stream held here took from its
@@ -357,10 +359,12 @@ class WorkerRuntime:
             # Closed, or its client opened a newer stream on another worker.
             self._spawn(self._drop_local(session_id, disconnect=True))
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Run ``work`` in the background, kept from the GC until it ends."""
         task = asyncio.get_running_loop().create_task(work)
         self._chores.add(task)
         task.add_done_callback(self._chores.discard)
+        return task
 
     def _owns(self, session_id: str) -> bool:
         session = self.projection.session(session_id)
@@ -475,7 +479,12 @@ class WorkerRuntime:
             )
             [position] = await self.log.append([event], worker=self.worker_id)
             if send_related is not None:
-                await send_related(SentMessage(position, event.payload, message_id))
+                try:
+                    await send_related(SentMessage(position, event.payload, message_id))
+                except (ConnectionError, RuntimeError, TimeoutError) as exc:
+                    # The client went away; the message is in the log for its resume,
+                    # and the handler goes on to its answer.
+                    logger.debug("session %s: related message not sent: %s", session_id, exc)
 
         ctx = HandlerContext(ctx.session_id, ctx.server_id, ctx.user, message_id, related)
         try:
@@ -514,6 +523,19 @@ class WorkerRuntime:
         event = ServerMessage(session_id=session_id, payload=orjson.dumps(message))
         [position] = await self.log.append([event], worker=self.worker_id)
         return position
+
+    async def answer_shielded(
+        self,
+        session_id: str,
+        message_id: str,
+        message: Any,
+        ctx: HandlerContext,
+        send_related: Callable[[SentMessage], Awaitable[None]] | None = None,
+    ) -> SentMessage | None:
+        """:meth:`answer`, carried on to its recorded outcome even if the caller is
+        cancelled (its client went away): a client resuming the request finds it."""
+        answering = self._spawn(self.answer(session_id, message_id, message, ctx, send_related))
+        return await asyncio.shield(answering)
 
     async def follow_request(
         self, session_id: str, message_id: str, after: int

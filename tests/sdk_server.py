@@ -49,17 +49,20 @@ async def touch_tools(ctx: Context) -> str:
     return "sent"
 
 
-_gated: set[str] = set()
+_gates: dict[str, asyncio.Event] = {}
 
 
 @server.tool()
 async def gate(key: str, ctx: Context) -> str:
-    """The first call with a key logs "gated <key>" and never returns; later ones return
-    at once: a request in flight for as long as a test needs (to kill its gateway)."""
-    if key not in _gated:
-        _gated.add(key)
+    """The first call with a key logs "gated <key>" and waits for the second, which
+    opens it: a request in flight for as long as a test needs (to kill its gateway,
+    or drop its client)."""
+    if key not in _gates:
+        opened = _gates[key] = asyncio.Event()
         await ctx.info(f"gated {key}")
-        await asyncio.Event().wait()
+        await opened.wait()
+        return f"opened {key}"
+    _gates[key].set()
     return f"released {key}"
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -143,3 +144,38 @@ async def test_a_request_in_flight_on_a_killed_worker_is_answered_by_another(
     reply = orjson.loads(answers[0].data)
     assert reply["id"] == 7, reply
     assert reply["result"]["content"][0]["text"] == f"released {session_id}", reply
+
+
+async def test_a_request_whose_client_went_away_is_answered_for_its_resume(
+    tmp_path: Path, gated_upstream: str
+) -> None:
+    log_url, args = f"sqlite:///{tmp_path}/log.db", ("--upstream", gated_upstream)
+    with serve(log_url, *args) as a, serve(log_url, *args) as b:
+        async with aiohttp.ClientSession(headers=MCP_HEADERS) as http:
+            async with http.post(f"{a}/mcp", json=INITIALIZE) as opened:
+                session_id = opened.headers["Mcp-Session-Id"]
+                await opened.read()
+            headers = {"Mcp-Session-Id": session_id, "MCP-Protocol-Version": "2025-11-25"}
+            call = {
+                "jsonrpc": "2.0",
+                "id": 8,
+                "method": "tools/call",
+                "params": {"name": "gate", "arguments": {"key": session_id}},
+            }
+            async with http.post(f"{a}/mcp", json=call, headers=headers) as in_flight:
+                received = events(in_flight)
+                await next_event(received)  # priming
+                gated = await next_event(received)
+                in_flight.close()  # the client goes away, mid-request
+            # Another call opens the gate: the first call's answer comes back to a
+            # gateway whose client is gone, and is recorded all the same.
+            release = {**call, "id": 9}
+            async with http.post(f"{b}/mcp", json=release, headers=headers) as released:
+                assert released.status == 200
+                await released.read()
+            resume = {**headers, "Last-Event-ID": gated.id}
+            async with http.get(f"{b}/mcp", headers=resume) as resumed, asyncio.timeout(HANG_GUARD):
+                answers = [e async for e in events(resumed) if not isinstance(e, str)]
+    [answer] = [orjson.loads(e.data) for e in answers]
+    assert answer["id"] == 8
+    assert answer["result"]["content"][0]["text"] == f"opened {session_id}"
