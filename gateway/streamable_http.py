@@ -111,28 +111,28 @@ async def post(request: web.Request) -> web.StreamResponse:
                 )
             request.app[LIMITS].check_new_session(runtime)
             session_id = secrets.token_hex(16)
-            opened = SessionOpened(
+            opening: SessionOpened | None = SessionOpened(
                 session_id=session_id, transport="streamable-http", user=identity
             )
-            await runtime.log.append([opened], worker=runtime.worker_id)
             version = negotiate_version(str(message["params"]["protocolVersion"]))
         else:
-            session_id = _session_id(request)
+            session_id, opening = _session_id(request), None
             await find_session(runtime, session_id, identity)
-        message_id, position = await runtime.accept(session_id, orjson.dumps(message))
+        message_id, position = await runtime.accept(session_id, orjson.dumps(message), opening)
+        ctx = HandlerContext(session_id, None, {"identity": identity})
+        if "method" not in message or "id" not in message:
+            # A notification, or a response to a server request: recorded, handled.
+            await runtime.answer_shielded(session_id, message_id, message, ctx)
+            return web.Response(status=202, headers=_reply_headers(session_id))
+        if not wants_sse:
+            reply = await runtime.answer_shielded(session_id, message_id, message, ctx)
+            assert reply is not None  # a request always has an answer
+            headers = _reply_headers(session_id)
+            return web.Response(
+                body=reply.payload, content_type="application/json", headers=headers
+            )
     except LogUnavailable as exc:
         raise log_unavailable(exc) from None
-    ctx = HandlerContext(session_id, None, {"identity": identity})
-    if "method" not in message or "id" not in message:
-        # A notification, or a response to a server request: recorded, handled, no answer.
-        await runtime.answer_shielded(session_id, message_id, message, ctx)
-        return web.Response(status=202, headers=_reply_headers(session_id))
-    if not wants_sse:
-        reply = await runtime.answer_shielded(session_id, message_id, message, ctx)
-        assert reply is not None
-        return web.Response(
-            body=reply.payload, content_type="application/json", headers=_reply_headers(session_id)
-        )
     async with sse_response(
         request,
         headers=_reply_headers(session_id),
@@ -146,11 +146,15 @@ async def post(request: web.Request) -> web.StreamResponse:
         async def send(sent: SentMessage) -> None:
             await _send_event(stream, sent, message_id)
 
-        reply = await runtime.answer_shielded(
-            session_id, message_id, message, ctx, send_related=send
-        )
-        assert reply is not None
-        await send(reply)
+        try:
+            reply = await runtime.answer_shielded(
+                session_id, message_id, message, ctx, send_related=send
+            )
+        except LogUnavailable as exc:
+            log_unavailable(exc)  # the stream is open already: it ends without the answer
+        else:
+            assert reply is not None  # a request always has an answer
+            await send(reply)
     return stream
 
 

@@ -450,12 +450,16 @@ class WorkerRuntime:
 
     # -- answering client messages ----------------------------------------------------
 
-    async def accept(self, session_id: str, payload: bytes) -> tuple[str, int]:
-        """Record a client message that this worker answers within its request;
-        return its event id and log position. Durable when this returns."""
+    async def accept(
+        self, session_id: str, payload: bytes, opening: SessionOpened | None = None
+    ) -> tuple[str, int]:
+        """Record a client message that this worker answers within its request (with
+        the session's opening, in the same append, for an initialize); return its
+        event id and log position. Durable when this returns."""
         event = ClientMessage(session_id=session_id, payload=payload, answered_by=self.worker_id)
-        [position] = await self.log.append([event], worker=self.worker_id)
-        return event.id, position
+        events: list[Event] = [event] if opening is None else [opening, event]
+        positions = await self.log.append(events, worker=self.worker_id)
+        return event.id, positions[-1]
 
     async def answer(
         self,
