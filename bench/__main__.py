@@ -103,9 +103,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             seconds = time.monotonic() - started
             print(f"bench: {name} done in {seconds:.0f} s", file=sys.stderr, flush=True)
-            report(
-                out / f"{name}.json", args.quick, run_seconds=seconds, rows=result.rows, **result.raw
-            )
+            path = out / f"{name}.json"
+            report(path, args.quick, run_seconds=seconds, rows=result.rows, **result.raw)
     rows = _summary(out)
     (out / "summary.json").write_bytes(msgspec.json.format(msgspec.json.encode(rows)))
     plots.draw(rows, out)
