@@ -49,6 +49,8 @@ TARGETS = {
     ("tools-call", "", "calls/s"): ">= 2x the SDK",
 }
 ORDER = ["tools-call", "delivery", "sustained", "idle", "append", "read", "replay"]
+# In summary.json and the results files, not in the README's tables (kept short).
+LEFT_OUT = ("p95", "max")
 
 
 def _target(row: Row) -> str:
@@ -61,7 +63,7 @@ def _target(row: Row) -> str:
 
 
 def _number(value: float, unit: str) -> str:
-    if unit == "1/s" or value >= 1000:
+    if value >= 1000 or (unit == "1/s" and value >= 10):
         return f"{value:,.0f}"
     return f"{value:.3g}" if value < 10 else f"{value:.1f}"
 
@@ -75,7 +77,9 @@ def _comparison(ours: float, theirs: float, metric: str) -> str:
     if ours <= 0 or theirs <= 0:
         return ""
     ratio = ours / theirs if metric in HIGHER_IS_BETTER else theirs / ours
-    return f"{ratio:.2g}x better" if ratio >= 1 else f"**{1 / ratio:.2g}x worse**"
+    shown = ratio if ratio >= 1 else 1 / ratio
+    text = f"{shown:,.0f}x" if shown >= 100 else f"{shown:.2g}x"
+    return f"{text} better" if ratio >= 1 else f"**{text} worse**"
 
 
 def _key(row: Row, parameter: str) -> tuple[str, str, str]:
@@ -89,6 +93,7 @@ def _value(row: Row) -> str:
 
 
 def _table(scenario: str, rows: list[Row]) -> str:
+    rows = [r for r in rows if r.metric not in LEFT_OUT]
     ours = [r for r in rows if r.scenario == scenario and r.system == "sessionlog"]
     baselines = [r for r in rows if r.scenario == scenario and r.system != "sessionlog"]
     theirs = {_key(r, r.parameter): r for r in baselines}
