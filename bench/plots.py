@@ -34,7 +34,11 @@ def _series(rows: list[Row], scenario: str, metric: str) -> dict[str, list[tuple
             x = _leading_number(clients)
         else:
             label, x = f"{row.system} {row.backend}", _leading_number(row.parameter)
-        if x is not None and not row.parameter.endswith("raised"):
+            if row.parameter.endswith("pool raised"):
+                label += " (pool raised)"
+            elif row.system == "contextforge" and row.backend == "redis":
+                label += " (default pool: sessions past 49 fail)"
+        if x is not None:
             series[label].append((x, row.value))
     return series
 
@@ -84,6 +88,9 @@ def _lines(
             points.sort()
             axis.plot([x for x, _ in points], [y for _, y in points], marker="o", label=label)
         axis.set_xscale("log")
+        if scenario == "idle":  # from a few to 10,000: only a log scale shows both
+            axis.set_yscale("symlog", linthresh=1)
+            axis.set_ylim(bottom=0)
         axis.set_xlabel(xlabel)
         axis.set_ylabel(metric)
         axis.legend(fontsize=7)
