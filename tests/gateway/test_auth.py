@@ -159,7 +159,7 @@ def _bad_tokens() -> Iterator[Any]:
     yield pytest.param("not.a.jwt", id="garbage")
 
 
-@pytest.mark.parametrize("token", _bad_tokens())
+@pytest.mark.parametrize("token", list(_bad_tokens()))
 async def test_a_bad_jwt_is_401(jwt_client: TestClient, token: str) -> None:
     headers = {**JSON_HEADERS, **bearer(token)}
     async with jwt_client.post("/mcp", json=initialize_body(), headers=headers) as response:
