@@ -128,12 +128,25 @@ def render(rows: list[Row]) -> str:
     return "\n\n".join(_table(scenario, rows) for scenario in ordered)
 
 
+def _machine() -> str:
+    """The machine the results files say they were measured on."""
+    for path in sorted((Path(__file__).parent / "results").glob("*.json")):
+        report = json.loads(path.read_text())
+        if isinstance(report, dict) and "machine" in report:
+            m = report["machine"]
+            return (
+                f"Measured on {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, "
+                f"Python {m['python']}, in one run of `python -m bench`."
+            )
+    return ""
+
+
 def write(rows: list[Row]) -> None:
     """Put the tables for ``rows`` between the README's markers."""
     text = README.read_text()
     if not MARKERS.search(text):
         raise SystemExit("README.md has no <!-- bench:summary --> markers")
-    body = render(rows)
+    body = f"{_machine()}\n\n{render(rows)}"
     README.write_text(MARKERS.sub(lambda m: f"{m.group(1)}{body}\n{m.group(2)}", text))
 
 
