@@ -16,7 +16,7 @@ import msgspec
 
 from eventlog import EventLog, WorkerHeartbeat, open_log
 
-from .harness import Row, ScenarioResult
+from .harness import Row, ScenarioResult, measured
 
 __all__ = ["scenario"]
 
@@ -100,18 +100,11 @@ def scenario(quick: bool, urls: dict[str, str]) -> ScenarioResult:
     results: list[Result] = []
     for backend, url in urls.items():
         results += asyncio.run(bench_backend(backend, url, scale, repeats))
-    rows = [
-        Row(
-            scenario=r.case,
-            system="sessionlog",
-            backend=r.backend,
-            parameter=(
-                "" if r.case == "read" else f"{r.appenders} appenders x {r.events_per_append}"
-            ),
-            metric="events/s" if r.case == "append" else "records/s",
-            value=r.per_second,
-            unit="1/s",
+    rows: list[Row] = []
+    for r in results:
+        parameter = "" if r.case == "read" else f"{r.appenders} appenders x {r.events_per_append}"
+        metric = "events/s" if r.case == "append" else "records/s"
+        rows += measured(
+            r.case, "sessionlog", r.backend, parameter, [(metric, r.per_second, "1/s")]
         )
-        for r in results
-    ]
     return ScenarioResult(rows=rows, raw={"scale": scale, "repeats": repeats, "results": results})

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import secrets
 import subprocess
 import sys
 import time
@@ -29,10 +30,10 @@ import orjson
 import psutil
 
 from gateway.upstream import SSEParser
-from tests.gateway.serving import _wait_for_port, free_port
+from tests.gateway.serving import serve_process
 from tests.sdk_server import start_sdk_server, stop_sdk_server
 
-from .harness import Row, ScenarioResult, percentile
+from .harness import Row, ScenarioResult, measured, percentile
 
 __all__ = ["scenario"]
 
@@ -186,34 +187,9 @@ def _cpu_seconds(process: psutil.Process) -> float:
 
 @contextlib.contextmanager
 def _sessionlog(workdir: Path, workers: int) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    port = free_port()
-    log = f"sqlite:///{workdir}/tools-call-{workers}-{port}.db"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "serve",
-            "--port",
-            str(port),
-            "--log",
-            log,
-            "--workers",
-            str(workers),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        _wait_for_port(process, port)
-        yield process, f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=HANG_GUARD)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    log = f"sqlite:///{workdir}/tools-call-{workers}-{secrets.token_hex(4)}.db"
+    with serve_process(log, "--workers", str(workers)) as served:
+        yield served.process, served.url
 
 
 @contextlib.contextmanager
@@ -256,7 +232,7 @@ def scenario(quick: bool, workdir: Path) -> ScenarioResult:
             with server as (process, base):
                 path = "/mcp" if transport == "streamable-http" else "/sse"
                 for clients in client_counts:
-                    measured = asyncio.run(
+                    result = asyncio.run(
                         _measure(process, base + path, transport, clients, seconds)
                     )
                     case = {
@@ -264,32 +240,27 @@ def scenario(quick: bool, workdir: Path) -> ScenarioResult:
                         "workers": workers,
                         "transport": transport,
                         "clients": clients,
-                        **measured,
+                        **result,
                     }
                     print(f"tools-call {case}", file=sys.stderr)
                     cases.append(case)
-    rows = []
+    rows: list[Row] = []
     for case in cases:
         parameter = f"{case['transport']}, {case['clients']} clients"
         if case["system"] == "sessionlog":
             parameter += f", {case['workers']} worker" + ("s" if case["workers"] > 1 else "")
         backend = "sqlite" if case["system"] == "sessionlog" else ""
-        for metric, key, unit in (
-            ("calls/s", "calls_per_second", "1/s"),
-            ("p50", "p50_ms", "ms"),
-            ("p95", "p95_ms", "ms"),
-            ("p99", "p99_ms", "ms"),
-            ("cpu per call", "cpu_ms_per_call", "ms"),
-        ):
-            rows.append(
-                Row(
-                    scenario="tools-call",
-                    system=case["system"],
-                    backend=backend,
-                    parameter=parameter,
-                    metric=metric,
-                    value=case[key],
-                    unit=unit,
-                )
-            )
+        rows += measured(
+            "tools-call",
+            case["system"],
+            backend,
+            parameter,
+            [
+                ("calls/s", case["calls_per_second"], "1/s"),
+                ("p50", case["p50_ms"], "ms"),
+                ("p95", case["p95_ms"], "ms"),
+                ("p99", case["p99_ms"], "ms"),
+                ("cpu per call", case["cpu_ms_per_call"], "ms"),
+            ],
+        )
     return ScenarioResult(rows=rows, raw={"seconds": seconds, "cases": cases})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ __all__ = [
     "ScenarioResult",
     "backends",
     "machine",
+    "measured",
     "percentile",
     "report",
 ]
@@ -45,6 +46,30 @@ class ScenarioResult(msgspec.Struct, kw_only=True):
 
     rows: list[Row]
     raw: dict[str, Any] = {}
+
+
+def measured(
+    scenario: str,
+    system: str,
+    backend: str,
+    parameter: str,
+    values: Iterable[tuple[str, float | None, str]],
+) -> list[Row]:
+    """The rows of one measured case: a (metric, value, unit) each; None values (not
+    measurable there) are left out."""
+    return [
+        Row(
+            scenario=scenario,
+            system=system,
+            backend=backend,
+            parameter=parameter,
+            metric=metric,
+            value=value,
+            unit=unit,
+        )
+        for metric, value, unit in values
+        if value is not None
+    ]
 
 
 def percentile(values: list[float], q: float) -> float:

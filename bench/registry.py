@@ -46,7 +46,7 @@ from eventlog import (
 from gateway import HandlerContext, SessionRegistry
 from projections import SNAPSHOT_NAME, RegistryProjection, catch_up, encode_snapshot
 
-from .harness import Row, ScenarioResult, percentile
+from .harness import Row, ScenarioResult, measured, percentile
 
 __all__ = ["delivery_scenario", "idle_scenario", "replay_scenario", "sustained_scenario"]
 
@@ -389,39 +389,15 @@ def delivery_scenario(quick: bool, urls: dict[str, str]) -> ScenarioResult:
         url = urls[backend].replace("NS", "delivery")
         for via_log in (False, True):
             results += asyncio.run(bench_latency(backend, url, busy, idle_gaps, via_log))
-    rows = []
+    rows: list[Row] = []
     for r in results:
         parameter = (
             r.pattern if r.path == "handler sends" else f"{r.pattern}, reply through the log"
         )
-        for metric, value in (
-            ("p50", r.p50_ms),
-            ("p95", r.p95_ms),
-            ("p99", r.p99_ms),
-            ("max", r.max_ms),
-        ):
-            rows.append(
-                Row(
-                    scenario="delivery",
-                    system="sessionlog",
-                    backend=r.backend,
-                    parameter=parameter,
-                    metric=metric,
-                    value=value,
-                    unit="ms",
-                )
-            )
-        rows.append(
-            Row(
-                scenario="delivery",
-                system="sessionlog",
-                backend=r.backend,
-                parameter=parameter,
-                metric="lost",
-                value=0,
-                unit="messages",
-            )
-        )
+        percentiles = (("p50", r.p50_ms), ("p95", r.p95_ms), ("p99", r.p99_ms), ("max", r.max_ms))
+        values = [(metric, value, "ms") for metric, value in percentiles]
+        values.append(("lost", 0, "messages"))
+        rows += measured("delivery", "sessionlog", r.backend, parameter, values)
     return ScenarioResult(
         rows=rows, raw={"busy": busy, "after_idle": idle_gaps, "results": results}
     )
@@ -434,74 +410,54 @@ def idle_scenario(quick: bool, urls: dict[str, str]) -> ScenarioResult:
         for backend in SHARED
         for size in sizes
     ]
-    rows = []
+    rows: list[Row] = []
     for r in results:
-        for metric, value, unit in (
-            ("connections", r.connections, "connections"),
-            ("ops/s", r.backend_ops_per_second, "1/s"),
-            ("cpu %", r.cpu_percent, "%"),
-            ("KiB/session", r.kib_per_session, "KiB"),
-        ):
-            if value is not None:
-                rows.append(
-                    Row(
-                        scenario="idle",
-                        system="sessionlog",
-                        backend=r.backend,
-                        parameter=f"{r.sessions} sessions",
-                        metric=metric,
-                        value=value,
-                        unit=unit,
-                    )
-                )
+        rows += measured(
+            "idle",
+            "sessionlog",
+            r.backend,
+            f"{r.sessions} sessions",
+            [
+                ("connections", r.connections, "connections"),
+                ("ops/s", r.backend_ops_per_second, "1/s"),
+                ("cpu %", r.cpu_percent, "%"),
+                ("KiB/session", r.kib_per_session, "KiB"),
+            ],
+        )
     return ScenarioResult(rows=rows, raw={"window_seconds": window, "results": results})
 
 
 def sustained_scenario(quick: bool, urls: dict[str, str]) -> ScenarioResult:
     sessions, messages = 100, (1_000 if quick else 5_000)
-    rows, raw = [], {}
+    rows: list[Row] = []
+    raw: dict[str, Any] = {}
     for backend in SHARED:
         url = urls[backend].replace("NS", "sustained")
-        measured = raw[backend] = asyncio.run(bench_sustained(url, sessions, messages))
-        for metric, key, unit in (
-            ("messages/s", "messages_per_second", "1/s"),
-            ("p50", "p50_ms", "ms"),
-            ("p99", "p99_ms", "ms"),
-        ):
-            rows.append(
-                Row(
-                    scenario="sustained",
-                    system="sessionlog",
-                    backend=backend,
-                    parameter=f"{sessions} sessions",
-                    metric=metric,
-                    value=measured[key],
-                    unit=unit,
-                )
-            )
+        result = raw[backend] = asyncio.run(bench_sustained(url, sessions, messages))
+        rows += measured(
+            "sustained",
+            "sessionlog",
+            backend,
+            f"{sessions} sessions",
+            [
+                ("messages/s", result["messages_per_second"], "1/s"),
+                ("p50", result["p50_ms"], "ms"),
+                ("p99", result["p99_ms"], "ms"),
+            ],
+        )
     return ScenarioResult(rows=rows, raw={"sessions": sessions, "messages": messages, **raw})
 
 
 def replay_scenario(quick: bool, workdir: Path) -> ScenarioResult:
     result = asyncio.run(bench_replay(workdir, 20_000 if quick else 1_000_000))
-    rows = [
-        Row(
-            scenario="replay",
-            system="sessionlog",
-            backend="sqlite",
-            parameter=f"{result.records} records",
-            metric="records/s",
-            value=result.records_per_second,
-            unit="1/s",
-        ),
-        Row(
-            scenario="replay",
-            system="sessionlog",
-            backend="sqlite",
-            parameter=f"{result.records} records",
-            metric="start from snapshot",
-            value=result.start_from_snapshot_seconds,
-            unit="s",
-        ),
-    ]
+    rows = measured(
+        "replay",
+        "sessionlog",
+        "sqlite",
+        f"{result.records} records",
+        [
+            ("records/s", result.records_per_second, "1/s"),
+            ("start from snapshot", result.start_from_snapshot_seconds, "s"),
+        ],
+    )
     return ScenarioResult(rows=rows, raw={"result": result})

@@ -556,20 +556,18 @@ class WorkerRuntime:
         try:
             await self.sync()
             last = after
-            for sent in await self.replay(session_id, after, self.projection.position):
-                if sent.reply_to == message_id:
-                    last = sent.position
-                    yield sent
-                    if _is_response(sent):
-                        return
+            replayed = await self.replay(session_id, after, self.projection.position)
+            backlog = [sent for sent in replayed if sent.reply_to == message_id]
             while True:
                 while not followed.empty():
-                    sent = followed.get_nowait()
-                    if sent.position > last:
+                    backlog.append(followed.get_nowait())
+                for sent in backlog:
+                    if sent.position > last:  # the queue may repeat what was replayed
                         last = sent.position
                         yield sent
                         if _is_response(sent):
                             return
+                backlog = []
                 session = self.projection.session(session_id)
                 pending = session.pending.get(message_id) if session is not None else None
                 if pending is None:
@@ -580,13 +578,12 @@ class WorkerRuntime:
                 ):
                     ctx = HandlerContext(session_id, None, {})
                     await self.answer(session_id, message_id, orjson.loads(pending.payload), ctx)
-                    await self.sync()
-                    continue
-                # A live worker is answering it: wait for its messages, and look again
-                # every heartbeat in case that worker dies meanwhile.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.heartbeat_interval):
-                        await followed.put(await followed.get())
+                else:
+                    # A live worker is answering it: wait for its messages, and look
+                    # again every heartbeat in case that worker dies meanwhile.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self.heartbeat_interval):
+                            backlog.append(await followed.get())
                 await self.sync()
         finally:
             queues = self._followers.get(message_id, [])

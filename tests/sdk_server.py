@@ -3,13 +3,12 @@ the upstream the gateway forwards to in tests, and a baseline in benchmarks."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import tempfile
-import time
+from pathlib import Path
 
-from tests.servers import READY_TIMEOUT, free_port
+from tests.servers import accepts, free_port, wait_until
 
 __all__ = ["SDK_SERVER", "start_sdk_server", "stop_sdk_server"]
 
@@ -78,12 +77,6 @@ else:
 '''
 
 
-def _accepts(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(1.0)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
 def start_sdk_server(
     json_response: bool, transport: str = "streamable-http"
 ) -> tuple[subprocess.Popen[bytes], str]:
@@ -94,22 +87,21 @@ def start_sdk_server(
     """
     port = free_port()
     mode = "json" if json_response else "sse"
-    with tempfile.TemporaryFile() as output:
+    with tempfile.NamedTemporaryFile(prefix="sdk-server-", suffix=".log", delete=False) as sink:
+        output = Path(sink.name)
         process = subprocess.Popen(
             [sys.executable, "-c", SDK_SERVER, str(port), mode, transport],
-            stdout=output,
+            stdout=sink,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + READY_TIMEOUT
-        while not _accepts(port):
-            failed = process.poll() is not None or time.monotonic() > deadline
-            if failed:
-                stop_sdk_server(process)
-                output.seek(0)
-                log = output.read().decode(errors="replace")
-                raise RuntimeError(f"the SDK server did not start on port {port}:\n{log}")
-            time.sleep(0.05)  # polling a starting server, not waiting for time to pass
+    try:
+        wait_until(lambda: accepts(port), "the SDK server", process, output)
+    except RuntimeError:
+        stop_sdk_server(process)
+        raise
+    finally:
+        output.unlink()
     path = "/sse" if transport == "sse" else "/mcp"
     return process, f"http://127.0.0.1:{port}{path}"
 

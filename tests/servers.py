@@ -15,9 +15,10 @@ import socket
 import stat
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["PostgresServer", "RedisServer", "free_port"]
+__all__ = ["PostgresServer", "RedisServer", "accepts", "free_port", "wait_until"]
 
 READY_TIMEOUT = 60.0  # seconds a server may take to accept connections
 
@@ -28,13 +29,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_until(ready: object, what: str, process: subprocess.Popen[bytes], log: Path) -> None:
+def accepts(port: int) -> bool:
+    """Whether something accepts connections on a loopback port."""
+    with socket.socket() as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_until(
+    ready: Callable[[], bool], what: str, process: subprocess.Popen[bytes], log: Path | None
+) -> None:
+    """Wait for a starting server; its log (if any) in the error when it does not start."""
     deadline = time.monotonic() + READY_TIMEOUT
-    while not ready():  # type: ignore[operator]
+    while not ready():
+        output = f":\n{log.read_text(errors='replace')}" if log is not None else ""
         if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with {process.returncode}:\n{log.read_text()}")
+            raise RuntimeError(f"{what} exited with {process.returncode}{output}")
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} not ready after {READY_TIMEOUT}s:\n{log.read_text()}")
+            raise RuntimeError(f"{what} not ready after {READY_TIMEOUT}s{output}")
         time.sleep(0.05)  # polling a starting server, not waiting for time to pass
 
 
@@ -67,7 +79,7 @@ class _Server:
                 start_new_session=True,
                 **self.popen_options(),  # type: ignore[arg-type]
             )
-        _wait_until(self.is_ready, self.name, self.process, self.log)
+        wait_until(self.is_ready, self.name, self.process, self.log)
 
     def kill(self) -> None:
         """Kill the server and all its children at once, as a crash would."""

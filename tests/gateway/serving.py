@@ -3,39 +3,22 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.servers import free_port
+from tests.servers import accepts, free_port, wait_until
 
 __all__ = ["Served", "free_port", "serve", "serve_process"]
-
-# Guards against hangs only.
-START_GUARD = 60.0
 
 
 @dataclass
 class Served:
     url: str  # base URL, without a path
     process: subprocess.Popen[bytes]
-
-
-def _wait_for_port(process: subprocess.Popen[bytes], port: int) -> None:
-    deadline = time.monotonic() + START_GUARD
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"sessionlog serve did not start on port {port}") from None
-            time.sleep(0.05)  # waiting for a process to bind, not for time to pass
 
 
 @contextmanager
@@ -55,7 +38,7 @@ def serve_process(
     if output is not None:
         sink.close()  # type: ignore[union-attr]  # the child has its own copy
     try:
-        _wait_for_port(process, port)
+        wait_until(lambda: accepts(port), "sessionlog serve", process, output)
         yield Served(f"http://127.0.0.1:{port}", process)
     finally:
         if process.poll() is None:

@@ -36,6 +36,11 @@ INITIALIZE = {
 }
 
 
+def tool_call(request_id: int, name: str, **arguments: Any) -> dict[str, Any]:
+    params = {"name": name, "arguments": arguments}
+    return {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params}
+
+
 async def events(response: aiohttp.ClientResponse) -> AsyncIterator[SSEEvent | str]:
     """A response's SSE events; a priming event (an id, no data) as its id string."""
     parser = SSEParser()
@@ -73,12 +78,7 @@ async def test_http_sse_stream_resumes_on_another_worker(shared_log_url: str) ->
                 a.process.send_signal(signal.SIGKILL)
                 a.process.wait()
             # Accepted while no worker holds the stream: answered once one does.
-            call = {
-                "jsonrpc": "2.0",
-                "id": 3,
-                "method": "tools/call",
-                "params": {"name": "echo", "arguments": {"text": "after the kill"}},
-            }
+            call = tool_call(3, "echo", text="after the kill")
             async with http.post(f"{b}{endpoint.data}", json=call) as posted:
                 assert posted.status == 202
             # The client saw the first reply only, say: it resumes after that one.
@@ -122,12 +122,7 @@ async def test_a_request_in_flight_on_a_killed_worker_is_answered_by_another(
             async with http.post(f"{a.url}/mcp", json=initialized, headers=headers) as posted:
                 assert posted.status == 202
             # The upstream holds the first call with this key until its caller is gone.
-            call = {
-                "jsonrpc": "2.0",
-                "id": 7,
-                "method": "tools/call",
-                "params": {"name": "gate", "arguments": {"key": session_id}},
-            }
+            call = tool_call(7, "gate", key=session_id)
             async with http.post(f"{a.url}/mcp", json=call, headers=headers) as in_flight:
                 received = events(in_flight)
                 assert isinstance(await next_event(received), str)  # priming
@@ -156,12 +151,7 @@ async def test_a_request_whose_client_went_away_is_answered_for_its_resume(
                 session_id = opened.headers["Mcp-Session-Id"]
                 await opened.read()
             headers = {"Mcp-Session-Id": session_id, "MCP-Protocol-Version": "2025-11-25"}
-            call = {
-                "jsonrpc": "2.0",
-                "id": 8,
-                "method": "tools/call",
-                "params": {"name": "gate", "arguments": {"key": session_id}},
-            }
+            call = tool_call(8, "gate", key=session_id)
             async with http.post(f"{a}/mcp", json=call, headers=headers) as in_flight:
                 received = events(in_flight)
                 await next_event(received)  # priming
