@@ -29,7 +29,7 @@ import aiohttp
 import orjson
 import psutil
 
-from gateway.upstream import SSEParser
+from gateway.protocol.sse_codec import SSEParser
 from tests.gateway.serving import serve_process
 from tests.sdk_server import start_sdk_server, stop_sdk_server
 

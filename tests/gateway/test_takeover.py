@@ -15,7 +15,7 @@ import aiohttp
 import orjson
 import pytest
 
-from gateway.upstream import SSEEvent, SSEParser
+from gateway.protocol.sse_codec import SSEEvent, SSEParser
 from tests.gateway.serving import serve, serve_process
 from tests.sdk_server import start_sdk_server, stop_sdk_server
 

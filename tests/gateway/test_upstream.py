@@ -12,7 +12,8 @@ import orjson
 import pytest
 from aiohttp import test_utils, web
 
-from gateway.upstream import SSEEvent, SSEParser, Upstream, UpstreamError, UpstreamSessionLost
+from gateway.protocol.sse_codec import SSEEvent, SSEParser
+from gateway.upstream import Upstream, UpstreamError, UpstreamSessionLost
 from tests.sdk_server import start_sdk_server, stop_sdk_server
 from tests.servers import free_port
 
