@@ -1,0 +1,161 @@
+"""The servers the conformance suite runs against, each on a free loopback port: two
+"everything servers" (on the TypeScript and on the Python SDK), `sessionlog serve`
+in front of each, and `sessionlog serve` alone."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.gateway.serving import serve_process
+from tests.servers import accepts, free_port, wait_until
+
+from .suite import Toolchain
+
+__all__ = ["TARGETS", "Declared", "Target", "declared", "start_targets"]
+
+HERE = Path(__file__).parent
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    label: str  # for the README
+    upstream: str | None = None  # the target sessionlog forwards to, if any
+    gateway: bool = False  # whether the suite talks to sessionlog
+
+
+TARGETS = {
+    target.name: target
+    for target in (
+        Target("ts", "TypeScript SDK everything server"),
+        Target("sessionlog+ts", "sessionlog -> TypeScript SDK server", "ts", gateway=True),
+        Target("py", "Python SDK everything server"),
+        Target("sessionlog+py", "sessionlog -> Python SDK server", "py", gateway=True),
+        Target("sessionlog", "sessionlog alone (built-in tools)", gateway=True),
+    )
+}
+
+
+@contextmanager
+def _process(command: list[str], port: int, what: str, log: Path) -> Iterator[str]:
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT
+        )
+    try:
+        wait_until(lambda: accepts(port), what, process, log)
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextmanager
+def start_targets(
+    names: set[str], toolchain: Toolchain, directory: Path
+) -> Iterator[dict[str, str]]:
+    """Start the named targets (and the upstreams they need); {name: MCP endpoint URL}."""
+    wanted = names | {TARGETS[name].upstream for name in names} - {None}
+    urls: dict[str, str] = {}
+    with ExitStack() as stack:
+        if "ts" in wanted:
+            # Beside its node_modules, so its imports of the SDK resolve.
+            script = toolchain.ts_server_dir / "everything-server.mjs"
+            shutil.copyfile(HERE / "ts_everything_server.mjs", script)
+            port = free_port()
+            command = [str(toolchain.node), str(script), str(port)]
+            urls["ts"] = stack.enter_context(
+                _process(command, port, "the TypeScript everything server", directory / "ts.log")
+            )
+        if "py" in wanted:
+            port = free_port()
+            command = [sys.executable, str(HERE / "sdk_everything_server.py"), str(port)]
+            urls["py"] = stack.enter_context(
+                _process(command, port, "the Python everything server", directory / "py.log")
+            )
+        for name in sorted(wanted):
+            target = TARGETS[name]
+            if not target.gateway:
+                continue
+            upstream = ("--upstream", urls[target.upstream]) if target.upstream else ()
+            log_url = f"sqlite:///{directory}/{name}.db"
+            served = stack.enter_context(
+                serve_process(log_url, *upstream, output=directory / f"{name}.log")
+            )
+            urls[name] = f"{served.url}/mcp"
+        yield urls
+
+
+@dataclass
+class Declared:
+    """What a server says it offers: its initialize capabilities and what it lists."""
+
+    capabilities: dict[str, object] = field(default_factory=dict)
+    names: dict[str, set[str]] = field(default_factory=dict)  # "tools" -> tool names, ...
+
+
+def _rpc(url: str, body: dict[str, object], session: str | None) -> tuple[dict, str | None]:
+    headers = {
+        "Content-Type": "application/json",
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": "2025-11-25",
+    }
+    if session:
+        headers["Mcp-Session-Id"] = session
+    request = urllib.request.Request(url, json.dumps(body).encode(), headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            text = response.read().decode()
+            session = response.headers.get("Mcp-Session-Id", session)
+    except urllib.error.HTTPError as error:
+        return {"error": {"code": error.code, "message": error.read().decode()}}, session
+    # A JSON body, or an SSE stream whose data lines carry the answer.
+    for chunk in [text, *(line[5:] for line in text.splitlines() if line.startswith("data:"))]:
+        try:
+            message = json.loads(chunk)
+        except ValueError:
+            continue
+        if isinstance(message, dict) and message.get("id") == body.get("id"):
+            return message, session
+    return {}, session
+
+
+def declared(url: str) -> Declared:
+    """Ask the server at ``url`` (2025-11-25, a session of its own) what it offers."""
+    hello = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "sessionlog-conformance-tests", "version": "1"},
+        },
+    }
+    answer, session = _rpc(url, hello, None)
+    result = Declared(capabilities=answer.get("result", {}).get("capabilities", {}))
+    _rpc(url, {"jsonrpc": "2.0", "method": "notifications/initialized"}, session)
+    lists = {
+        "tools": ("tools/list", "tools", "name"),
+        "prompts": ("prompts/list", "prompts", "name"),
+        "resources": ("resources/list", "resources", "uri"),
+        "resource templates": ("resources/templates/list", "resourceTemplates", "uriTemplate"),
+    }
+    for index, (kind, (method, key, name)) in enumerate(lists.items(), start=2):
+        listed, _ = _rpc(url, {"jsonrpc": "2.0", "id": index, "method": method}, session)
+        items = listed.get("result", {}).get(key, [])
+        result.names[kind] = {item.get(name) for item in items if isinstance(item, dict)}
+    return result
