@@ -2,18 +2,21 @@
 
 One table per scenario: sessionlog, its baseline where one was measured (the
 reference registry, or the official MCP SDK server), and how they compare. The
-tables sit between ``<!-- bench:summary -->`` and ``<!-- /bench:summary -->``.
+tables sit between ``<!-- bench:summary -->`` and ``<!-- /bench:summary -->``; the
+conformance table (from ``bench/results/conformance.json``, which tests/conformance
+writes) between ``<!-- bench:conformance -->`` and ``<!-- /bench:conformance -->``.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import textwrap
 from pathlib import Path
 
 from .harness import Row
 
-__all__ = ["render", "write"]
+__all__ = ["render", "render_conformance", "write", "write_conformance"]
 
 README = Path(__file__).parent.parent / "README.md"
 MARKERS = re.compile(r"(<!-- bench:summary -->\n).*?(<!-- /bench:summary -->)", re.DOTALL)
@@ -150,10 +153,80 @@ def write(rows: list[Row]) -> None:
     README.write_text(MARKERS.sub(lambda m: f"{m.group(1)}{body}\n{m.group(2)}", text))
 
 
+CONFORMANCE_RESULTS = Path(__file__).parent / "results" / "conformance.json"
+CONFORMANCE_MARKERS = re.compile(
+    r"(<!-- bench:conformance -->\n).*?(<!-- /bench:conformance -->)", re.DOTALL
+)
+SUITE_TITLES = {"2025": "2025-06-18 / 2025-11-25", "2026": "2026-07-28"}
+
+
+def render_conformance(report: dict) -> str:
+    """The conformance table: per upstream server and suite, scenarios passed alone
+    and through sessionlog (written by tests/conformance with
+    SESSIONLOG_WRITE_CONFORMANCE=1)."""
+    rows: dict[tuple[str, str], dict[str, dict]] = {}
+    for result in report["results"]:
+        rows.setdefault((result["target"], result["suite"]), {})[result["scenario"]] = result
+    suites, targets = report["suites"], report["targets"]
+    lines = [
+        "| server | suite (revisions) | alone | through sessionlog "
+        "| fail only through sessionlog |",
+        "|---|---|---:|---:|---|",
+    ]
+
+    def score(results: dict[str, dict]) -> str:
+        applicable = [r for r in results.values() if r["applies"]]
+        skipped = len(results) - len(applicable)
+        text = f"{sum(r['passed'] for r in applicable)}/{len(applicable)}"
+        return text + (f" ({skipped} n/a)" if skipped else "")
+
+    for name, target in targets.items():
+        if not target["gateway"]:
+            continue
+        for suite in suites:
+            through = rows.get((name, suite))
+            if through is None:
+                continue
+            alone = rows.get((target["upstream"], suite)) if target["upstream"] else None
+            server = targets[target["upstream"]]["label"] if alone is not None else target["label"]
+            worse = [
+                scenario
+                for scenario, result in through.items()
+                if alone is not None and alone[scenario]["passed"] and not result["passed"]
+            ]
+            package = suites[suite]["package"].rsplit("@", 1)[1]
+            lines.append(
+                f"| {server} | {SUITE_TITLES.get(suite, suite)} ({package}) "
+                f"| {score(alone) if alone is not None else ''} | {score(through)} "
+                f"| {len(worse) or ''} |"
+            )
+    repeats = report.get("repeats", {})
+    note = (
+        f"Scenarios passed, of those the suite runs; server-to-client scenarios "
+        f"(sampling, elicitation, roots) pass only if all {repeats.get('runs', 1)} runs do. "
+        "n/a: about something the server does not declare. Per scenario, with the "
+        "suite's failure messages: `bench/results/conformance.json`; the tests: "
+        "`tests/conformance/`."
+    )
+    return "\n".join(lines) + "\n\n" + textwrap.fill(note, width=88)
+
+
+def write_conformance() -> None:
+    """Put the conformance table between the README's conformance markers."""
+    text = README.read_text()
+    if not CONFORMANCE_MARKERS.search(text):
+        raise SystemExit("README.md has no <!-- bench:conformance --> markers")
+    body = render_conformance(json.loads(CONFORMANCE_RESULTS.read_text()))
+    README.write_text(CONFORMANCE_MARKERS.sub(lambda m: f"{m.group(1)}{body}\n{m.group(2)}", text))
+
+
 def main() -> None:
-    """Rewrite the README's tables from the committed summary.json."""
+    """Rewrite the README's tables from the committed summary.json and
+    conformance.json."""
     raw = json.loads((Path(__file__).parent / "results" / "summary.json").read_text())
     write([Row(**row) for row in raw])
+    if CONFORMANCE_RESULTS.exists():
+        write_conformance()
 
 
 if __name__ == "__main__":
