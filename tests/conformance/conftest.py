@@ -19,7 +19,8 @@ def conformance_toolchain() -> Toolchain:
     try:
         return install_toolchain()
     except SetupError as error:
-        pytest.fail(f"setting up the MCP conformance suite failed: {error}", pytrace=False)
+        failure = str(error)
+    pytest.fail(f"setting up the MCP conformance suite failed: {failure}", pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -97,6 +97,8 @@ def _npm_install(package: str, prefix: Path, wanted: Path) -> None:
         "--no-fund",
         "--no-update-notifier",
         "--loglevel=error",
+        "--fetch-timeout=60000",  # ms, and 2 retries: a dead registry fails in minutes
+        "--fetch-retries=2",
         package,
     ]
     try:
