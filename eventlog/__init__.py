@@ -6,6 +6,7 @@ from .errors import CodecError, EventLogError, LogUnavailable, UnsupportedURL
 from .events import (
     BaseEvent,
     CapabilitiesRecorded,
+    ChangePublished,
     ClientMessage,
     CloseReason,
     Event,
@@ -16,6 +17,8 @@ from .events import (
     ServerMessage,
     SessionClosed,
     SessionOpened,
+    StatelessAnswer,
+    StatelessRequest,
     UpstreamSessionOpened,
     WorkerHeartbeat,
     WorkerStarted,
@@ -33,6 +36,7 @@ from .sqlite import SQLiteEventLog
 __all__ = [
     "BaseEvent",
     "CapabilitiesRecorded",
+    "ChangePublished",
     "ClientMessage",
     "CloseReason",
     "CodecError",
@@ -54,6 +58,8 @@ __all__ = [
     "ServerMessage",
     "SessionClosed",
     "SessionOpened",
+    "StatelessAnswer",
+    "StatelessRequest",
     "UnsupportedURL",
     "UpstreamSessionOpened",
     "WorkerHeartbeat",

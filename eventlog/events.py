@@ -17,6 +17,7 @@ import msgspec
 __all__ = [
     "BaseEvent",
     "CapabilitiesRecorded",
+    "ChangePublished",
     "ClientMessage",
     "CloseReason",
     "Event",
@@ -27,6 +28,8 @@ __all__ = [
     "ServerMessage",
     "SessionClosed",
     "SessionOpened",
+    "StatelessAnswer",
+    "StatelessRequest",
     "UpstreamSessionOpened",
     "WorkerHeartbeat",
     "WorkerStarted",
@@ -128,6 +131,32 @@ class UpstreamSessionOpened(BaseEvent, frozen=True, kw_only=True):
     upstream_session: str | None
 
 
+class StatelessRequest(BaseEvent, frozen=True, kw_only=True):
+    """A request of the 2026-07-28 revision: it stands alone, with no session, so it
+    carries its caller's identity; the worker it reached answers it."""
+
+    user: str | None = None
+    payload: bytes  # raw JSON-RPC bytes as the client sent them
+    answered_by: str
+
+
+class StatelessAnswer(BaseEvent, frozen=True, kw_only=True):
+    """What a StatelessRequest was sent back: its answer, or (``final`` false) a
+    message about it on the way (progress, a log line, a listen stream's event)."""
+
+    request: str  # event id of the StatelessRequest
+    payload: bytes
+    final: bool = True
+
+
+class ChangePublished(BaseEvent, frozen=True, kw_only=True):
+    """A change for ``subscriptions/listen`` streams on every worker: a list changed or
+    a resource was updated. ``payload`` is the notification as listeners get it, less
+    their subscription id."""
+
+    payload: bytes
+
+
 class WorkerStarted(BaseEvent, frozen=True, kw_only=True):
     host: str = ""
     pid: int = 0
@@ -151,6 +180,9 @@ Event = (
     | MessageHandled
     | CapabilitiesRecorded
     | UpstreamSessionOpened
+    | StatelessRequest
+    | StatelessAnswer
+    | ChangePublished
     | WorkerStarted
     | WorkerHeartbeat
     | WorkerStopped

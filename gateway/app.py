@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
-from . import operations, sse, streamable_http
+from . import operations, sse, streamable_http, tools
 from .auth import build_authenticator
 from .dispatch import Dispatcher
 from .http import MAX_BODY, guards
+from .protocol.inbound import Inbound
 from .registry import SessionRegistry
 from .settings import Settings
+from .stateless import STATELESS, StatelessServer
 from .streams import RELAY, StreamLimits
+from .subscriptions import Subscriptions
 
 __all__ = ["build_app"]
+
+
+async def _built_in(inbound: Inbound, identity: str | None) -> dict[str, Any]:
+    """A 2026-07-28 request, answered by the built-in tools."""
+    reply = tools.answer(inbound.message)
+    assert reply is not None  # a request always has an answer
+    return reply
 
 
 def build_app(settings: Settings, *, worker_id: str | None = None) -> web.Application:
@@ -35,6 +46,7 @@ def build_app(settings: Settings, *, worker_id: str | None = None) -> web.Applic
         log_url=settings.log_url,
         worker_id=worker_id,
         handler=dispatcher,
+        capabilities=tools.HANDSHAKE_CAPABILITIES,
         session_ttl=int(settings.session_ttl),
         heartbeat_interval=settings.heartbeat_interval,
     )
@@ -47,10 +59,16 @@ def build_app(settings: Settings, *, worker_id: str | None = None) -> web.Applic
     operations.add_routes(app, registry, metrics)
     app[RELAY] = dispatcher.relay
     app[streamable_http.SESSION_ENDED] = dispatcher.end
+    subscriptions = Subscriptions(registry, tools.MODERN_CAPABILITIES, limits)
+    if settings.upstream is None:
+        app[STATELESS] = StatelessServer(
+            registry, _built_in, tools.MODERN_CAPABILITIES, subscriptions
+        )
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         await registry.initialize()
         registry.runtime.delivery_observer = metrics.delivery_latency.observe
+        subscriptions.attach()
         yield
         await registry.shutdown()
         await dispatcher.close()
@@ -58,6 +76,7 @@ def build_app(settings: Settings, *, worker_id: str | None = None) -> web.Applic
     async def close_streams(app: web.Application) -> None:
         # Before the server waits for open requests: ends every stream it holds, so a
         # SIGTERM does not wait on clients, and records this worker's stop.
+        subscriptions.close()
         await registry.shutdown()
 
     app.cleanup_ctx.append(lifetime)

@@ -15,15 +15,13 @@ from typing import Any
 
 from eventlog import UpstreamSessionOpened
 
+from . import tools
 from .protocol import (
     INTERNAL_ERROR,
-    INVALID_PARAMS,
-    METHOD_NOT_FOUND,
     error_response,
     result_response,
 )
 from .registry import SessionRegistry
-from .tools import TOOLS, call_tool
 from .upstream import Upstream, UpstreamError, UpstreamSessionLost
 from .worker import HandlerContext, WorkerRuntime
 
@@ -63,22 +61,7 @@ class Dispatcher:
             if method == "notifications/initialized":
                 return None  # the upstream had its own when its session opened
             return await self._forward(message, ctx)
-        return self._built_in(message)
-
-    def _built_in(self, message: dict[str, Any]) -> dict[str, Any] | None:
-        if "id" not in message or "method" not in message:
-            return None  # notifications and responses need no answer
-        request_id, method = message["id"], message["method"]
-        params = message.get("params") or {}
-        if method == "tools/list":
-            return result_response(request_id, {"tools": TOOLS})
-        if method == "tools/call":
-            if not isinstance(params, dict) or not isinstance(params.get("name"), str):
-                return error_response(request_id, INVALID_PARAMS, "tools/call needs a tool name")
-            return result_response(
-                request_id, call_tool(params["name"], params.get("arguments") or {})
-            )
-        return error_response(request_id, METHOD_NOT_FOUND, f"Method not found: {method}")
+        return tools.answer(message)
 
     # -- the upstream --------------------------------------------------------------
 

@@ -37,7 +37,6 @@ from .errors import SessionNotFound
 from .protocol import (
     METHOD_NOT_FOUND,
     MISSING_PROTOCOL_VERSION,
-    SERVER_CAPABILITIES,
     SERVER_INFO,
     error_response,
     negotiate_version,
@@ -77,7 +76,8 @@ class SessionRegistry:
     SQLite file or PostgreSQL) or ``"none"`` (tracks nothing). ``log_url`` names any
     log directly instead. ``handler`` answers client messages (the gateway's
     dispatcher); without one, the registry answers ``initialize`` and ``ping`` and
-    refuses other methods with JSON-RPC error -32601.
+    refuses other methods with JSON-RPC error -32601. ``capabilities`` are what its
+    initialize result declares: only what the handler serves (none without one).
     """
 
     def __init__(
@@ -91,6 +91,7 @@ class SessionRegistry:
         log_url: str | None = None,
         worker_id: str | None = None,
         handler: MessageHandler | None = None,
+        capabilities: dict[str, Any] | None = None,
         clock: Callable[[], float] = time.time,
         # Timeouts
         heartbeat_interval: float = 5.0,
@@ -108,6 +109,7 @@ class SessionRegistry:
         self._log_url = log_url or log_url_for(self._backend, redis_url, database_url)
         self.worker_id = worker_id or f"worker-{secrets.token_hex(6)}"
         self._handler = handler or self.answer_default
+        self._capabilities = capabilities or {}
         self._clock = clock
         self._heartbeat_interval = heartbeat_interval
         # Dead after three missed heartbeats, unless told otherwise.
@@ -285,7 +287,8 @@ class SessionRegistry:
         """Send a client message to the session, wherever its stream is held.
 
         It is durable when this returns: the session's owner answers it, in order,
-        exactly once, even if the owner reads it later.
+        exactly once, even if the owner reads it later. A message given as bytes is
+        taken to be JSON already and recorded exactly as given.
 
         Raises:
             SessionNotFound: the session is not open on any worker.
@@ -299,7 +302,8 @@ class SessionRegistry:
             await runtime.sync()
             if runtime.projection.session(session_id) is None:
                 raise SessionNotFound(session_id)
-        event = ClientMessage(session_id=session_id, payload=orjson.dumps(message))
+        payload = message if isinstance(message, bytes) else orjson.dumps(message)
+        event = ClientMessage(session_id=session_id, payload=payload)
         await runtime.log.append([event], worker=self.worker_id)
 
     async def respond(self, server_id: str | None, user: dict[str, Any], session_id: str) -> None:
@@ -367,11 +371,12 @@ class SessionRegistry:
             )
         capabilities = body.get("capabilities") or {}
         client_info = body.get("client_info") or body.get("clientInfo") or {}
+        negotiated = negotiate_version(str(requested))
         if session_id and self._backend != "none":
-            await self._record_capabilities(session_id, str(requested), client_info, capabilities)
+            await self._record_capabilities(session_id, negotiated, client_info, capabilities)
         return {
-            "protocolVersion": negotiate_version(str(requested)),
-            "capabilities": SERVER_CAPABILITIES,
+            "protocolVersion": negotiated,
+            "capabilities": self._capabilities,
             "serverInfo": SERVER_INFO,
         }
 

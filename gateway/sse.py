@@ -17,8 +17,10 @@ from aiohttp import web
 from eventlog import LogUnavailable
 
 from .errors import SessionNotFound
-from .http import IDENTITY, find_session, log_unavailable, read_message, rpc_error
-from .protocol import INVALID_REQUEST
+from .http import IDENTITY, find_session, read_body, unavailable
+from .protocol import errors
+from .protocol.headers import LAST_EVENT_ID, parse_event_id, parse_session_id
+from .protocol.inbound import parse_message
 from .registry import SessionRegistry
 from .streams import EventStreamTransport, StreamLimits, event_stream, hold_stream
 
@@ -28,20 +30,12 @@ REGISTRY = web.AppKey("sse_registry", SessionRegistry)
 LIMITS = web.AppKey("sse_limits", StreamLimits)
 
 
-def _last_event_id(request: web.Request) -> int | None:
-    value = request.headers.get("Last-Event-ID")
-    if value is None:
-        return None
-    if not (value.isascii() and value.isdigit()):
-        raise rpc_error(400, INVALID_REQUEST, f"Last-Event-ID {value!r} is not an event id here")
-    return int(value)
-
-
 async def open_stream(request: web.Request) -> web.StreamResponse:
     registry = request.app[REGISTRY]
     identity = request[IDENTITY]
-    resumed = request.query.get("session_id")
-    after = _last_event_id(request)
+    resumed = parse_session_id(request.query.get("session_id"))
+    resume_point = parse_event_id(request.headers.get(LAST_EVENT_ID))
+    after = resume_point.position if resume_point is not None else None
     try:
         runtime = await registry.started()
         if resumed is not None:
@@ -50,7 +44,7 @@ async def open_stream(request: web.Request) -> web.StreamResponse:
             request.app[LIMITS].check_new_session(runtime)
         session_id = resumed or secrets.token_hex(16)
     except LogUnavailable as exc:
-        raise log_unavailable(exc) from None
+        raise unavailable(exc) from None
     with request.app[LIMITS].opened(identity):
         stream = event_stream()
         transport = EventStreamTransport(session_id, stream, "sse", carries=lambda _: True)
@@ -63,24 +57,25 @@ async def open_stream(request: web.Request) -> web.StreamResponse:
                 request, registry, transport, after=after, first_event=endpoint, on_end="close"
             )
         except LogUnavailable as exc:  # before the response started
-            raise log_unavailable(exc) from None
+            raise unavailable(exc) from None
         return stream
 
 
 async def post_message(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
-    session_id = request.query.get("session_id", "")
-    if not session_id:
-        raise rpc_error(400, INVALID_REQUEST, "session_id is required in the query string")
-    message = await read_message(request)
+    session_id = parse_session_id(request.query.get("session_id") or None)
+    if session_id is None:
+        raise errors.invalid_request("session_id is required in the query string")
+    body = await read_body(request)
+    parse_message(body)
     try:
         runtime = await registry.started()
         await find_session(runtime, session_id, request[IDENTITY])
-        await registry.broadcast(session_id, message)
+        await registry.broadcast(session_id, body)
     except SessionNotFound:
-        raise rpc_error(404, INVALID_REQUEST, f"unknown session {session_id}") from None
+        raise errors.unknown_session(session_id) from None
     except LogUnavailable as exc:
-        raise log_unavailable(exc) from None
+        raise unavailable(exc) from None
     return web.Response(status=202, text="Accepted")
 
 

@@ -18,16 +18,25 @@ from __future__ import annotations
 import secrets
 from collections.abc import Awaitable, Callable
 
-import orjson
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse, sse_response
 
 from eventlog import LogUnavailable, SessionOpened
 from projections import SentMessage
 
-from .http import IDENTITY, find_session, log_unavailable, read_message, rpc_error
-from .protocol import INVALID_REQUEST, SUPPORTED_VERSIONS, negotiate_version
+from .http import IDENTITY, find_session, read_body, unavailable
+from .protocol import ASSUMED_VERSION, HANDSHAKE_VERSIONS, PRIMING_SINCE, errors, negotiate_version
+from .protocol.headers import (
+    LAST_EVENT_ID,
+    SESSION_HEADER,
+    VERSION_HEADER,
+    parse_accept,
+    parse_event_id,
+    parse_session_id,
+)
+from .protocol.inbound import classify_post
 from .registry import SessionRegistry
+from .stateless import STATELESS
 from .streams import (
     KEEPALIVE,
     SEND_TIMEOUT,
@@ -41,13 +50,9 @@ from .worker import HandlerContext
 __all__ = ["MCP_PATH", "SESSION_ENDED", "add_routes"]
 
 MCP_PATH = "/mcp"
-SESSION_HEADER = "Mcp-Session-Id"
-VERSION_HEADER = "MCP-Protocol-Version"
-# What a request without MCP-Protocol-Version is taken to speak (the specification's rule).
-ASSUMED_VERSION = "2025-03-26"
-# From this version on, each SSE response starts with a "priming" event (an id and no
-# data), so a client can resume a stream that broke before its first message.
-PRIMING_SINCE = "2025-11-25"
+# How long a client whose stream ended waits before resuming it (the priming
+# event's `retry:`): the answer is in the log by then, or will be.
+RESUME_AFTER_MS = 1000
 
 REGISTRY = web.AppKey("mcp_registry", SessionRegistry)
 # Told when a client ends its session (DELETE), before the session closes.
@@ -56,29 +61,18 @@ SESSION_ENDED = web.AppKey("session_ended", SessionEnded)
 LIMITS = web.AppKey("mcp_limits", StreamLimits)
 
 
-def _accepts(request: web.Request, media_type: str) -> bool:
-    accept = request.headers.get("Accept", "")
-    return media_type in accept or "*/*" in accept
-
-
 def _protocol_version(request: web.Request) -> str:
+    """A GET's or DELETE's protocol version (a POST's is the ladder's to check)."""
     version = request.headers.get(VERSION_HEADER, ASSUMED_VERSION)
-    if version not in SUPPORTED_VERSIONS:
-        supported = ", ".join(SUPPORTED_VERSIONS)
-        raise rpc_error(
-            400,
-            INVALID_REQUEST,
-            f"unsupported {VERSION_HEADER} {version!r}; supported: {supported}",
-        )
+    if version not in HANDSHAKE_VERSIONS:
+        raise errors.unsupported_version_header(version, HANDSHAKE_VERSIONS)
     return version
 
 
 def _session_id(request: web.Request) -> str:
-    session_id = request.headers.get(SESSION_HEADER)
-    if not session_id:
-        raise rpc_error(
-            400, INVALID_REQUEST, f"the {SESSION_HEADER} header is required: initialize first"
-        )
+    session_id = parse_session_id(request.headers.get(SESSION_HEADER))
+    if session_id is None:
+        raise errors.session_required()
     return session_id
 
 
@@ -91,24 +85,24 @@ def _reply_headers(session_id: str) -> dict[str, str]:
 
 
 async def post(request: web.Request) -> web.StreamResponse:
-    registry = request.app[REGISTRY]
-    wants_sse = _accepts(request, "text/event-stream")
-    if not wants_sse and not _accepts(request, "application/json"):
-        raise rpc_error(
-            406, INVALID_REQUEST, "Accept must include application/json or text/event-stream"
-        )
+    accept = parse_accept(request.headers.get("Accept"))
     if request.content_type != "application/json":
-        raise rpc_error(415, INVALID_REQUEST, "Content-Type must be application/json")
-    message = await read_message(request)
-    version = _protocol_version(request)
-    identity = request[IDENTITY]
+        raise errors.unsupported_content_type()
+    inbound = classify_post(await read_body(request), request.headers.items())
+    if inbound.era == "modern":
+        stateless = request.app.get(STATELESS)
+        if stateless is None:
+            # Not served in front of this upstream yet: a client falls back to
+            # initialize, as the versions listed tell it to.
+            raise errors.unsupported_modern_version(inbound.version, HANDSHAKE_VERSIONS, inbound.id)
+        return await stateless(request, inbound, accept)
+    if not (accept.json or accept.sse):
+        raise errors.not_acceptable("application/json or text/event-stream")
+    registry = request.app[REGISTRY]
+    message, version, identity = inbound.message, inbound.version, request[IDENTITY]
     try:
         runtime = await registry.started()
-        if message.get("method") == "initialize":
-            if SESSION_HEADER in request.headers:
-                raise rpc_error(
-                    400, INVALID_REQUEST, f"initialize opens a new session: omit {SESSION_HEADER}"
-                )
+        if inbound.session_id is None:  # initialize
             request.app[LIMITS].check_new_session(runtime)
             session_id = secrets.token_hex(16)
             opening: SessionOpened | None = SessionOpened(
@@ -116,15 +110,15 @@ async def post(request: web.Request) -> web.StreamResponse:
             )
             version = negotiate_version(str(message["params"]["protocolVersion"]))
         else:
-            session_id, opening = _session_id(request), None
+            session_id, opening = inbound.session_id, None
             await find_session(runtime, session_id, identity)
-        message_id, position = await runtime.accept(session_id, orjson.dumps(message), opening)
+        message_id, position = await runtime.accept(session_id, inbound.body, opening)
         ctx = HandlerContext(session_id, None, {"identity": identity})
-        if "method" not in message or "id" not in message:
+        if inbound.kind != "request":
             # A notification, or a response to a server request: recorded, handled.
             await runtime.answer_shielded(session_id, message_id, message, ctx)
             return web.Response(status=202, headers=_reply_headers(session_id))
-        if not wants_sse:
+        if not accept.sse:
             reply = await runtime.answer_shielded(session_id, message_id, message, ctx)
             assert reply is not None  # a request always has an answer
             headers = _reply_headers(session_id)
@@ -132,7 +126,7 @@ async def post(request: web.Request) -> web.StreamResponse:
                 body=reply.payload, content_type="application/json", headers=headers
             )
     except LogUnavailable as exc:
-        raise log_unavailable(exc) from None
+        raise unavailable(exc) from None
     async with sse_response(
         request,
         headers=_reply_headers(session_id),
@@ -141,7 +135,7 @@ async def post(request: web.Request) -> web.StreamResponse:
         allow_all_methods=True,  # a POST's response may be a stream
     ) as stream:
         if version >= PRIMING_SINCE:
-            await stream.send("", id=f"{position}/{message_id}")
+            await stream.send("", id=f"{position}/{message_id}", retry=RESUME_AFTER_MS)
 
         async def send(sent: SentMessage) -> None:
             await _send_event(stream, sent, message_id)
@@ -151,7 +145,7 @@ async def post(request: web.Request) -> web.StreamResponse:
                 session_id, message_id, message, ctx, send_related=send
             )
         except LogUnavailable as exc:
-            log_unavailable(exc)  # the stream is open already: it ends without the answer
+            unavailable(exc)  # the stream is open already: it ends without the answer
         else:
             assert reply is not None  # a request always has an answer
             await send(reply)
@@ -162,31 +156,21 @@ async def _send_event(stream: EventSourceResponse, sent: SentMessage, message_id
     await stream.send(sent.payload.decode(), id=_event_id(sent, message_id), event="message")
 
 
-def _resume_point(request: web.Request) -> tuple[int | None, str | None]:
-    """Last-Event-ID as (position, message id): a request's stream has both, the
-    session's stream a position only."""
-    value = request.headers.get("Last-Event-ID")
-    if value is None:
-        return None, None
-    position, _, message_id = value.partition("/")
-    if not (position.isascii() and position.isdigit()) or (message_id and len(message_id) != 32):
-        raise rpc_error(400, INVALID_REQUEST, f"Last-Event-ID {value!r} is not an event id here")
-    return int(position), message_id or None
-
-
 async def get(request: web.Request) -> web.StreamResponse:
     registry = request.app[REGISTRY]
-    if not _accepts(request, "text/event-stream"):
-        raise rpc_error(406, INVALID_REQUEST, "Accept must include text/event-stream")
+    if not parse_accept(request.headers.get("Accept")).sse:
+        raise errors.not_acceptable("text/event-stream")
     _protocol_version(request)
     session_id = _session_id(request)
     identity = request[IDENTITY]
-    after, message_id = _resume_point(request)
+    resume_point = parse_event_id(request.headers.get(LAST_EVENT_ID), with_message=True)
+    after = resume_point.position if resume_point is not None else None
+    message_id = resume_point.message_id if resume_point is not None else None
     try:
         runtime = await registry.started()
         session = await find_session(runtime, session_id, identity)
     except LogUnavailable as exc:
-        raise log_unavailable(exc) from None
+        raise unavailable(exc) from None
     if message_id is not None:
         return await _resume_request(request, registry, session_id, message_id, after or 0)
     if after is None and session.owner is not None:
@@ -194,11 +178,7 @@ async def get(request: web.Request) -> web.StreamResponse:
         if held_here or runtime.projection.is_alive(
             session.owner, runtime.clock(), runtime.worker_ttl
         ):
-            raise rpc_error(
-                409,
-                INVALID_REQUEST,
-                "this session already has a GET stream open; resume it with Last-Event-ID instead",
-            )
+            raise errors.conflicting_stream()
     priming = (session.protocol_version or ASSUMED_VERSION) >= PRIMING_SINCE
     with request.app[LIMITS].opened(identity):
         stream = event_stream(_reply_headers(session_id))
@@ -208,14 +188,14 @@ async def get(request: web.Request) -> web.StreamResponse:
 
         async def prime(position: int) -> None:
             if priming:
-                await stream.send("", id=str(position))
+                await stream.send("", id=str(position), retry=RESUME_AFTER_MS)
 
         try:
             await hold_stream(
                 request, registry, transport, after=after, first_event=prime, on_end="release"
             )
         except LogUnavailable as exc:  # before the response started
-            raise log_unavailable(exc) from None
+            raise unavailable(exc) from None
         return stream
 
 
@@ -235,7 +215,7 @@ async def _resume_request(
             async for sent in runtime.follow_request(session_id, message_id, after):
                 await _send_event(stream, sent, message_id)
         except LogUnavailable as exc:
-            log_unavailable(exc)
+            unavailable(exc)
     return stream
 
 
@@ -249,7 +229,7 @@ async def delete(request: web.Request) -> web.Response:
             await ended(session_id)
         await registry.remove_session(session_id, "client")
     except LogUnavailable as exc:
-        raise log_unavailable(exc) from None
+        raise unavailable(exc) from None
     return web.Response(status=200, headers=_reply_headers(session_id))
 
 

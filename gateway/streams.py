@@ -23,8 +23,8 @@ from aiohttp_sse import EventSourceResponse
 from eventlog import LogUnavailable
 from projections import SentMessage
 
-from .http import IDENTITY, rpc_error
-from .protocol import INTERNAL_ERROR, INVALID_REQUEST
+from .http import IDENTITY
+from .protocol import errors
 from .registry import SessionRegistry
 from .worker import WorkerRuntime
 
@@ -107,19 +107,12 @@ class StreamLimits:
 
     def check_new_session(self, runtime: WorkerRuntime) -> None:
         if len(runtime.projection.state.sessions) >= self.max_sessions:
-            raise rpc_error(
-                503, INTERNAL_ERROR, "too many open sessions; retry later", {"Retry-After": "5"}
-            )
+            raise errors.too_many_sessions()
 
     @contextlib.contextmanager
     def opened(self, identity: str | None):  # type: ignore[no-untyped-def]
         if self._open[identity] >= self.per_identity:
-            raise rpc_error(
-                429,
-                INVALID_REQUEST,
-                f"too many open streams: at most {self.per_identity} per identity",
-                {"Retry-After": "5"},
-            )
+            raise errors.too_many_streams(self.per_identity)
         self._open[identity] += 1
         try:
             yield

@@ -160,6 +160,9 @@ class WorkerRuntime:
         # Workers seen dead at the last heartbeat: a newly dead one's messages need
         # answering elsewhere.
         self._dead_workers: set[str] = set()
+        # Told of every record as it is folded (subscriptions/listen streams); they
+        # must not block.
+        self.record_observers: list[Callable[[Record], None]] = []
 
     # -- life cycle --------------------------------------------------------------
 
@@ -321,6 +324,8 @@ class WorkerRuntime:
 
     def _react(self, record: Record) -> None:
         """Called for every newly folded record; schedules work, never awaits."""
+        for observe in self.record_observers:
+            observe(record)
         event = record.event
         if isinstance(event, ServerMessage) and event.reply_to in self._followers:
             sent = SentMessage(record.position, event.payload, event.reply_to)

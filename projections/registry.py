@@ -16,6 +16,7 @@ import msgspec
 
 from eventlog import (
     CapabilitiesRecorded,
+    ChangePublished,
     ClientMessage,
     MessageHandled,
     OwnerClaimed,
@@ -24,6 +25,8 @@ from eventlog import (
     ServerMessage,
     SessionClosed,
     SessionOpened,
+    StatelessAnswer,
+    StatelessRequest,
     UpstreamSessionOpened,
     WorkerHeartbeat,
     WorkerStarted,
@@ -128,6 +131,11 @@ class RegistryProjection:
             MessageHandled: self._message_handled,
             CapabilitiesRecorded: self._capabilities_recorded,
             UpstreamSessionOpened: self._upstream_session_opened,
+            # Stateless traffic and published changes are the log's and the audit's;
+            # the registry keeps no state for them (memory does not grow with them).
+            StatelessRequest: self._no_state,
+            StatelessAnswer: self._no_state,
+            ChangePublished: self._no_state,
             WorkerStarted: self._worker_started,
             WorkerHeartbeat: self._worker_seen,
             WorkerStopped: self._worker_stopped,
@@ -240,6 +248,9 @@ class RegistryProjection:
             session.protocol_version = event.protocol_version
             session.client_info = event.client_info
             session.capabilities = event.capabilities
+
+    def _no_state(self, record: Record, event: Any) -> None:
+        pass
 
     def _upstream_session_opened(self, record: Record, event: UpstreamSessionOpened) -> None:
         if session := self._touch(record, event.session_id):

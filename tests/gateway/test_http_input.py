@@ -131,13 +131,14 @@ async def rpc_answer(response: ClientResponse) -> dict[str, Any]:
 
 
 async def assert_rpc_error(response: ClientResponse, status: int, code: int | None = None) -> None:
-    """``response`` is ``status`` with a JSON-RPC error body (id null)."""
+    """``response`` is ``status`` with a JSON-RPC error body: id null, or the id of
+    the request it refuses when the gateway could read that far."""
     async with asyncio.timeout(HANG_GUARD):
         text = await response.text()
     assert response.status == status, text
     assert response.content_type == "application/json", text
     body = orjson.loads(text)
-    assert body["jsonrpc"] == "2.0" and body["id"] is None, body
+    assert body["jsonrpc"] == "2.0" and isinstance(body["id"], str | int | None), body
     assert isinstance(body["error"]["code"], int), body
     assert isinstance(body["error"]["message"], str) and body["error"]["message"], body
     if code is not None:

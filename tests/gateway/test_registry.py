@@ -192,7 +192,8 @@ async def test_initialize_logic(registry: SessionRegistry) -> None:
     assert session is not None and session.client_info == {"name": "c", "version": "1"}
     await registry.store_client_capabilities("s", {"roots": {}})
     assert await registry.has_elicitation_capability("s") is False
-    assert session.protocol_version == "1999-01-01"  # kept from the initialize
+    # What the session speaks (the version agreed), kept from the initialize.
+    assert session.protocol_version == "2025-11-25"
     # Through respond(), a missing version is a JSON-RPC error with the same code.
     transport = RecordingTransport()
     await registry.add_session("t", transport)
