@@ -20,7 +20,7 @@ from .errors import SessionNotFound
 from .http import IDENTITY, find_session, read_body, unavailable
 from .protocol import errors
 from .protocol.headers import LAST_EVENT_ID, parse_event_id, parse_session_id
-from .protocol.inbound import parse_message
+from .protocol.inbound import check_initialize, parse_message
 from .registry import SessionRegistry
 from .streams import EventStreamTransport, StreamLimits, event_stream, hold_stream
 
@@ -67,7 +67,7 @@ async def post_message(request: web.Request) -> web.Response:
     if session_id is None:
         raise errors.invalid_request("session_id is required in the query string")
     body = await read_body(request)
-    parse_message(body)
+    check_initialize(parse_message(body)[0])
     try:
         runtime = await registry.started()
         await find_session(runtime, session_id, request[IDENTITY])

@@ -24,8 +24,8 @@ from eventlog import LogUnavailable, StatelessAnswer, StatelessRequest
 
 from .http import IDENTITY, unavailable
 from .protocol import (
+    ALL_VERSIONS,
     INTERNAL_ERROR,
-    MODERN_VERSIONS,
     SERVER_INFO,
     error_response,
     errors,
@@ -130,7 +130,9 @@ class StatelessServer:
 
     def discover(self) -> dict[str, Any]:
         return {
-            "supportedVersions": list(MODERN_VERSIONS),
+            # Every version served, as the -32022 error lists them: a client that
+            # cannot speak 2026-07-28 learns it may initialize instead.
+            "supportedVersions": list(ALL_VERSIONS),
             "capabilities": self.capabilities,
             "resultType": "complete",
             "_meta": {SERVER_INFO_KEY: SERVER_INFO},

@@ -27,16 +27,16 @@ TOOLS: list[dict[str, Any]] = [
     }
 ]
 
+NAMES = frozenset(tool["name"] for tool in TOOLS)
+
 
 def _text(text: str, *, error: bool = False) -> dict[str, Any]:
     return {"content": [{"type": "text", "text": text}], "isError": error}
 
 
 def call_tool(name: str, arguments: Any) -> dict[str, Any]:
-    """The result of a tools/call. A tool's own failure is a result with
+    """The result of a tools/call of a built-in tool. Its own failure is a result with
     ``isError`` (as MCP asks), not a JSON-RPC error."""
-    if name != "echo":
-        return _text(f"Unknown tool: {name}", error=True)
     text = arguments.get("text") if isinstance(arguments, dict) else None
     if not isinstance(text, str):
         return _text("echo needs a string argument 'text'", error=True)
@@ -55,5 +55,8 @@ def answer(message: dict[str, Any]) -> dict[str, Any] | None:
     if method == "tools/call":
         if not isinstance(params, dict) or not isinstance(params.get("name"), str):
             return error_response(request_id, INVALID_PARAMS, "tools/call needs a tool name")
+        if params["name"] not in NAMES:
+            # A protocol error, as the specification lists it (not a tool's failure).
+            return error_response(request_id, INVALID_PARAMS, f"Unknown tool: {params['name']}")
         return result_response(request_id, call_tool(params["name"], params.get("arguments") or {}))
     return error_response(request_id, METHOD_NOT_FOUND, f"Method not found: {method}")

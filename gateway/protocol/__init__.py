@@ -23,6 +23,7 @@ from .jsonrpc import (
     result_response,
 )
 from .versions import (
+    ALL_VERSIONS,
     ASSUMED_VERSION,
     HANDSHAKE_VERSIONS,
     LATEST_HANDSHAKE_VERSION,
@@ -32,6 +33,7 @@ from .versions import (
 )
 
 __all__ = [
+    "ALL_VERSIONS",
     "ASSUMED_VERSION",
     "HANDSHAKE_VERSIONS",
     "HEADER_MISMATCH",

@@ -36,6 +36,7 @@ __all__ = [
     "Envelope",
     "Inbound",
     "Kind",
+    "check_initialize",
     "classify_post",
     "parse_message",
 ]
@@ -91,9 +92,7 @@ def parse_message(body: bytes) -> tuple[dict[str, Any], Kind]:
 
     Raises:
         ProtocolError: 400/-32700 not JSON (too deeply nested included), 400/-32600
-            not one JSON-RPC 2.0 message (a batch, a bad id or method), 400/-32002
-            an initialize without a protocol version, 400/-32602 an initialize whose
-            capabilities or clientInfo is not an object.
+            not one JSON-RPC 2.0 message (a batch, a bad id or method).
     """
     try:
         message = orjson.loads(body)
@@ -114,12 +113,19 @@ def parse_message(body: bytes) -> tuple[dict[str, Any], Kind]:
         kind = "response"
     else:
         raise errors.invalid_request("neither a request nor a response")
-    if message.get("method") == "initialize":
-        _check_initialize(message)
     return message, kind
 
 
-def _check_initialize(message: dict[str, Any]) -> None:
+def check_initialize(message: dict[str, Any]) -> None:
+    """A handshake-era ``initialize`` must name a protocol version, and what it records
+    must be objects.
+
+    Raises:
+        ProtocolError: 400/-32002 without a protocol version, 400/-32602 with
+            capabilities or clientInfo that is not an object.
+    """
+    if message.get("method") != "initialize":
+        return
     params = message.get("params")
     if not isinstance(params, dict) or not params.get("protocolVersion"):
         raise errors.missing_protocol_version(message.get("id"))
@@ -172,6 +178,7 @@ def _handshake(
 ) -> Inbound:
     if version is not None and version not in HANDSHAKE_VERSIONS:
         raise errors.unsupported_version_header(version, HANDSHAKE_VERSIONS)
+    check_initialize(message)
     if message.get("method") == "initialize":
         if session_id is not None:
             raise errors.invalid_request(f"initialize opens a new session: omit {SESSION_HEADER}")

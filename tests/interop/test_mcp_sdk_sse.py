@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from mcp import ClientSession
 from mcp.client.sse import sse_client
+from mcp.shared.exceptions import MCPError
 
 from tests.gateway.serving import serve
 
@@ -20,5 +22,7 @@ async def test_sdk_client_initializes_lists_and_calls_echo(tmp_path: Path) -> No
                 assert [tool.name for tool in tools.tools] == ["echo"]
                 result = await s.call_tool("echo", {"text": "hi"})
                 assert (result.content[0].text, result.is_error) == ("hi", False)
-                missing = await s.call_tool("nope", {})
-                assert missing.is_error is True
+                # An unknown tool is a protocol error (-32602), as the specification says.
+                with pytest.raises(MCPError) as unknown:
+                    await s.call_tool("nope", {})
+                assert unknown.value.error.code == -32602

@@ -66,16 +66,6 @@ PARSE_CASES = {
     "null-id": (b'{"jsonrpc": "2.0", "id": null, "method": "x"}', 400, INVALID_REQUEST),
     "method-not-string": (b'{"jsonrpc": "2.0", "id": 1, "method": 5}', 400, INVALID_REQUEST),
     "neither": (b'{"jsonrpc": "2.0", "id": 1}', 400, INVALID_REQUEST),
-    "initialize-without-version": (
-        body(request("initialize", {"capabilities": {}})),
-        400,
-        MISSING_PROTOCOL_VERSION,
-    ),
-    "initialize-capabilities-not-object": (
-        body(request("initialize", {"protocolVersion": "2025-11-25", "capabilities": []})),
-        400,
-        INVALID_PARAMS,
-    ),
 }
 
 
@@ -94,10 +84,28 @@ def test_a_message_is_classified_by_its_members() -> None:
     assert parse_message(b'{"jsonrpc": "2.0", "id": 7, "error": {}}')[1] == "response"
 
 
-def test_an_error_names_the_request_once_its_id_is_known() -> None:
+@pytest.mark.parametrize(
+    ("params", "code"),
+    [
+        ({"capabilities": {}}, MISSING_PROTOCOL_VERSION),
+        (None, MISSING_PROTOCOL_VERSION),
+        ({"protocolVersion": "2025-11-25", "capabilities": []}, INVALID_PARAMS),
+        ({"protocolVersion": "2025-11-25", "clientInfo": "me"}, INVALID_PARAMS),
+    ],
+)
+def test_a_handshake_initialize_that_cannot_be_recorded_is_refused(params: Any, code: int) -> None:
+    """Refused with the request's id, which is known by then."""
+    raw = body(request("initialize", params, request_id="init-1"))
     with pytest.raises(ProtocolError) as caught:
-        parse_message(body(request("initialize", {}, request_id="init-1")))
+        classify_post(raw, [])
+    assert (caught.value.status, caught.value.code) == (400, code)
     assert orjson.loads(caught.value.body())["id"] == "init-1"
+
+
+def test_initialize_in_the_2026_era_is_a_request_like_any_other() -> None:
+    """The revision removed it: it passes the ladder, and whoever answers says -32601."""
+    raw, headers = modern("initialize")
+    assert classify_post(raw, headers).era == "modern"
 
 
 # -- the handshake era --------------------------------------------------------------------
