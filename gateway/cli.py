@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     audit.add_argument("--log", default=DEFAULT_LOG, help=f"event log URL (default {DEFAULT_LOG})")
     audit.add_argument("--session", help="show this session's timeline")
+    audit.add_argument(
+        "--user", help="show what this identity did: its sessions and stateless requests"
+    )
     audit.add_argument("--at", help="a log position, or an ISO 8601 time (UTC unless given)")
     audit.add_argument("--format", choices=["table", "jsonl"], default="table")
     audit.add_argument("--follow", action="store_true", help="keep printing new records")

@@ -1,8 +1,9 @@
 """``sessionlog replay``: audits from the log, as a table or as JSON lines.
 
-A session's timeline (every event about it, with time and worker), or the
-registry's state at a position or a time; ``--follow`` goes on printing records
-as they are appended.
+A session's timeline (every event about it, with time and worker), everything one
+identity did (its sessions and its stateless 2026-07-28 requests with their
+answers), or the registry's state at a position or a time; ``--follow`` goes on
+printing records as they are appended.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from eventlog import EventLog, EventLogError, Record, open_log
-from projections import RegistryProjection, state_at, timeline
+from projections import RegistryProjection, Selection, select, state_at
 
 __all__ = ["ReplayError", "parse_point", "replay"]
+
+MAX_POSITION_DIGITS = 19  # a log position fits in a signed 64-bit integer
 
 # Logs longer than this get a progress bar (on a terminal).
 PROGRESS_FROM = 50_000
@@ -37,7 +40,7 @@ class ReplayError(Exception):
 
 def parse_point(text: str) -> tuple[int | None, datetime | None]:
     """``--at``: a log position (digits) or an ISO 8601 time (UTC unless it says)."""
-    if text.isascii() and text.isdigit():
+    if text.isascii() and text.isdigit() and len(text) <= MAX_POSITION_DIGITS:
         return int(text), None
     try:
         moment = datetime.fromisoformat(text)
@@ -199,13 +202,22 @@ async def replay(
     url: str,
     *,
     session_id: str | None = None,
+    user: str | None = None,
     at: str | None = None,
     output_format: str = "table",
     follow: bool = False,
     out: TextIO | None = None,
 ) -> None:
-    """Print a session's timeline or the registry's state; see the module docstring."""
+    """Print a session's timeline, an identity's activity or the registry's state;
+    see the module docstring."""
+    if session_id is not None and user is not None:
+        raise ReplayError("give --session or --user, not both")
     position, moment = parse_point(at) if at is not None else (None, None)
+    selection = (
+        Selection(session_id=session_id, user=user)
+        if session_id is not None or user is not None
+        else None
+    )
     printer = Printer(output_format, out or sys.stdout)
     try:
         log = await _open(url)
@@ -214,10 +226,11 @@ async def replay(
     try:
         head = await log.head()
         with _progress(head) as progress:
-            if session_id is not None:
-                records = await timeline(log, session_id, progress=progress)
+            if selection is not None:
+                records = await select(log, selection, progress=progress)
                 if not records:
-                    raise ReplayError(f"session {session_id!r} is not in {log.url}")
+                    what = f"session {session_id!r}" if user is None else f"user {user!r}"
+                    raise ReplayError(f"{what} is not in {log.url}")
                 cutoff = moment.timestamp() if moment is not None else None
                 records = [
                     r
@@ -225,13 +238,15 @@ async def replay(
                     if (position is None or r.position <= position)
                     and (cutoff is None or r.at <= cutoff)
                 ]
-                printer.records(records, f"Session {session_id}")
+                printer.records(
+                    records, f"Session {session_id}" if user is None else f"User {user}"
+                )
             else:
                 projection = await state_at(log, position=position, at=moment, progress=progress)
                 printer.state(projection)
         if follow:
             async for record in log.tail(after=head):
-                if session_id is None or getattr(record.event, "session_id", None) == session_id:
+                if selection is None or selection(record):
                     printer.follow(record)
     except EventLogError as exc:
         raise ReplayError(str(exc)) from exc
@@ -246,6 +261,7 @@ def run(args: Any) -> int:
             replay(
                 args.log,
                 session_id=args.session,
+                user=args.user,
                 at=args.at,
                 output_format=args.format,
                 follow=args.follow,

@@ -1,6 +1,6 @@
 """projections: pure folds of the log into state, snapshots of that state, audit queries."""
 
-from .audit import records, state_at, timeline
+from .audit import Selection, records, select, state_at, timeline
 from .registry import (
     SERVER_HISTORY,
     PendingMessage,
@@ -27,6 +27,7 @@ __all__ = [
     "PendingMessage",
     "RegistryProjection",
     "RegistryState",
+    "Selection",
     "SentMessage",
     "SessionState",
     "WorkerState",
@@ -36,6 +37,7 @@ __all__ = [
     "load_latest",
     "records",
     "restore",
+    "select",
     "state_at",
     "timeline",
 ]

@@ -1,4 +1,5 @@
-"""Audit queries over the log, as folds: a session's timeline, the registry at a point."""
+"""Audit queries over the log, as folds: a session's timeline, what one identity did,
+the registry at a point."""
 
 from __future__ import annotations
 
@@ -6,11 +7,11 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 
-from eventlog import EventLog, Record
+from eventlog import EventLog, Record, SessionOpened, StatelessAnswer, StatelessRequest
 
 from .registry import RegistryProjection
 
-__all__ = ["pages", "records", "state_at", "timeline"]
+__all__ = ["Selection", "pages", "records", "select", "state_at", "timeline"]
 
 PAGE = 5_000
 
@@ -60,15 +61,44 @@ async def records(
             progress(reached)
 
 
+class Selection:
+    """Which records an audit shows: one session's, or everything one identity did
+    (the sessions it opened, with all that happened in them, and its stateless
+    requests with their answers). A fold: it learns the identity's sessions and
+    requests as it goes, so it must see the records in log order."""
+
+    def __init__(self, *, session_id: str | None = None, user: str | None = None) -> None:
+        if (session_id is None) == (user is None):
+            raise ValueError("select by a session or by a user")
+        self.user = user
+        self._sessions = {session_id} if session_id is not None else set()
+        self._requests: set[str] = set()
+
+    def __call__(self, record: Record) -> bool:
+        event = record.event
+        if self.user is not None:
+            if isinstance(event, SessionOpened) and event.user == self.user:
+                self._sessions.add(event.session_id)
+            elif isinstance(event, StatelessRequest) and event.user == self.user:
+                self._requests.add(event.id)
+                return True
+            elif isinstance(event, StatelessAnswer):
+                return event.request in self._requests
+        return getattr(event, "session_id", None) in self._sessions
+
+
+async def select(
+    log: EventLog, selection: Selection, progress: Callable[[int], None] | None = None
+) -> list[Record]:
+    """The records ``selection`` shows, in log order, up to the head now."""
+    return [record async for record in records(log, progress=progress) if selection(record)]
+
+
 async def timeline(
     log: EventLog, session_id: str, progress: Callable[[int], None] | None = None
 ) -> list[Record]:
     """Every record about ``session_id``, in log order, with its time and worker."""
-    return [
-        record
-        async for record in records(log, progress=progress)
-        if getattr(record.event, "session_id", None) == session_id
-    ]
+    return await select(log, Selection(session_id=session_id), progress)
 
 
 async def state_at(

@@ -16,6 +16,8 @@ from eventlog import (
     OwnerClaimed,
     SessionClosed,
     SessionOpened,
+    StatelessAnswer,
+    StatelessRequest,
     WorkerStarted,
     open_log,
 )
@@ -157,3 +159,47 @@ async def test_follow_prints_records_as_they_are_appended(log_path: Path) -> Non
     finally:
         process.kill()
         await process.wait()
+
+
+def test_what_one_identity_did_sessions_and_stateless_requests(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--user audits stateless (2026-07-28) traffic like sessions: the identity's
+    sessions with all that happened in them, its requests and their answers, and
+    nobody else's."""
+    url = f"sqlite:///{tmp_path}/log.db"
+    mine = StatelessRequest(user="ana", payload=b'{"id":1}', answered_by="w1")
+    theirs = StatelessRequest(user="bob", payload=b'{"id":2}', answered_by="w1")
+
+    async def write() -> None:
+        log = await open_log(url)
+        await log.append([SessionOpened(session_id="a1", transport="sse", user="ana")], worker="w1")
+        await log.append([SessionOpened(session_id="b1", transport="sse", user="bob")], worker="w1")
+        await log.append([mine, theirs], worker="w1")
+        await log.append([StatelessAnswer(request=theirs.id, payload=b'{"id":2}')], worker="w1")
+        await log.append([StatelessAnswer(request=mine.id, payload=b'{"id":1}')], worker="w1")
+        await log.append([SessionClosed(session_id="a1", reason="client")], worker="w1")
+        await log.close()
+
+    asyncio.run(write())
+    code, out, _ = run(capsys, "--log", url, "--user", "ana", "--format", "jsonl")
+    assert code == 0
+    lines = [orjson.loads(line) for line in out.splitlines()]
+    assert [r["type"] for r in lines] == [
+        "SessionOpened",
+        "StatelessRequest",
+        "StatelessAnswer",
+        "SessionClosed",
+    ]
+    assert lines[2]["request"] == mine.id and lines[2]["payload"] == {"id": 1}
+    code, _, err = run(capsys, "--log", url, "--user", "nobody")
+    assert code == 1 and "user 'nobody'" in err
+    code, _, err = run(capsys, "--log", url, "--user", "ana", "--session", "a1")
+    assert code == 1 and "not both" in err
+
+
+def test_an_at_with_thousands_of_digits_is_a_one_line_error(
+    log_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, "--log", f"sqlite:///{log_path}", "--at", "9" * 5000)
+    assert code == 1 and out == "" and len(err.splitlines()) == 1
