@@ -60,9 +60,10 @@ class BaseEvent(msgspec.Struct, frozen=True, kw_only=True, tag=True, tag_field="
 
 
 CloseReason = Literal["client", "disconnected", "expired", "removed", "worker_lost"]
-# Which ownership a claim is about: the worker holding the stream, or the identity
-# (user) the session belongs to.
-Role = Literal["worker", "user"]
+# Which ownership a claim is about: the worker holding the stream, the identity
+# (user) the session belongs to, or the worker listening to the stream its upstream
+# MCP server sends the session's own messages on.
+Role = Literal["worker", "user", "listener"]
 
 
 class SessionOpened(BaseEvent, frozen=True, kw_only=True):
@@ -105,6 +106,9 @@ class ServerMessage(BaseEvent, frozen=True, kw_only=True):
     payload: bytes
     # Event id of the ClientMessage this answers; None for server-initiated messages.
     reply_to: str | None = None
+    # The SSE event id the upstream sent it with on the session's standalone stream:
+    # where a worker taking over the listening resumes that stream.
+    upstream_event_id: str | None = None
 
 
 class MessageHandled(BaseEvent, frozen=True, kw_only=True):
@@ -129,6 +133,9 @@ class UpstreamSessionOpened(BaseEvent, frozen=True, kw_only=True):
     # The upstream's Mcp-Session-Id ("" for an upstream that keeps no sessions); None
     # says the previous one was lost and the next message opens another.
     upstream_session: str | None
+    # The protocol version the upstream answered initialize with (its
+    # MCP-Protocol-Version from then on).
+    protocol_version: str | None = None
 
 
 class StatelessRequest(BaseEvent, frozen=True, kw_only=True):

@@ -79,8 +79,13 @@ class SessionState(msgspec.Struct, kw_only=True):
     client_info: dict[str, Any] = {}
     capabilities: dict[str, Any] = {}
     # Its session on the upstream MCP server: None until opened (or after it was
-    # lost), "" with an upstream that keeps no sessions.
+    # lost), "" with an upstream that keeps no sessions; the version agreed for it;
+    # the worker listening to its standalone stream, and the id of the last event
+    # recorded from that stream.
     upstream_session: str | None = None
+    upstream_version: str | None = None
+    listener: str | None = None
+    upstream_event_id: str | None = None
     # Client messages by event id, in log order (dicts keep insertion order).
     pending: dict[str, PendingMessage] = {}
     # The newest server messages, oldest first, at most SERVER_HISTORY.
@@ -211,7 +216,9 @@ class RegistryProjection:
         session = self._touch(record, event.session_id)
         if event.role == "user":
             self.state.users[event.session_id] = event.owner
-        elif session is not None:
+        elif session is not None and event.role == "listener":
+            session.listener = event.owner
+        elif session is not None and event.role == "worker":
             session.owner = event.owner
 
     def _owner_released(self, record: Record, event: OwnerReleased) -> None:
@@ -219,7 +226,10 @@ class RegistryProjection:
         if event.role == "user":
             if self.state.users.get(event.session_id) == event.owner:
                 del self.state.users[event.session_id]
-        elif session is not None and session.owner == event.owner:
+        elif session is not None and event.role == "listener":
+            if session.listener == event.owner:
+                session.listener = None
+        elif session is not None and event.role == "worker" and session.owner == event.owner:
             session.owner = None
 
     def _client_message(self, record: Record, event: ClientMessage) -> None:
@@ -231,6 +241,8 @@ class RegistryProjection:
     def _server_message(self, record: Record, event: ServerMessage) -> None:
         if session := self._touch(record, event.session_id):
             session.sent.append(SentMessage(record.position, event.payload, event.reply_to))
+            if event.upstream_event_id is not None:
+                session.upstream_event_id = event.upstream_event_id
             if len(session.sent) > SERVER_HISTORY:
                 del session.sent[0]
 
@@ -255,6 +267,8 @@ class RegistryProjection:
     def _upstream_session_opened(self, record: Record, event: UpstreamSessionOpened) -> None:
         if session := self._touch(record, event.session_id):
             session.upstream_session = event.upstream_session
+            session.upstream_version = event.protocol_version
+            session.upstream_event_id = None  # a new session's stream starts afresh
 
     def _worker_started(self, record: Record, event: WorkerStarted) -> None:
         worker = self.state.workers[record.worker]
