@@ -163,6 +163,9 @@ class WorkerRuntime:
         # Told of every record as it is folded (subscriptions/listen streams); they
         # must not block.
         self.record_observers: list[Callable[[Record], None]] = []
+        # Told of workers newly seen dead, at a heartbeat (what they did falls to the
+        # living: the upstream listening); they must not block.
+        self.dead_worker_observers: list[Callable[[set[str]], None]] = []
 
     # -- life cycle --------------------------------------------------------------
 
@@ -376,8 +379,16 @@ class WorkerRuntime:
         return session is not None and session.owner == self.worker_id
 
     def _queue(self, session_id: str, local: _LocalSession, message_id: str) -> None:
-        if message_id not in local.queued:
-            local.queued.add(message_id)
+        if message_id in local.queued:
+            return
+        local.queued.add(message_id)
+        session = self.projection.session(session_id)
+        pending = session.pending.get(message_id) if session is not None else None
+        if pending is not None and not _is_request(pending.payload):
+            # Answers to the server's requests and notifications (cancellations) are
+            # handled at once: the request waiting for one may be the inbox's current.
+            self._spawn(self._handle_message(session_id)(message_id))
+        else:
             local.inbox.put(message_id)
 
     def _queue_pending(self, session_id: str, local: _LocalSession) -> None:
@@ -405,6 +416,8 @@ class WorkerRuntime:
             for session_id, local in self.local.items():
                 if local.context is not None:
                     self._queue_pending(session_id, local)
+            for observe in self.dead_worker_observers:
+                observe(newly_dead)
 
     def _sender(self, session_id: str) -> Callable[[SentMessage], Awaitable[None]]:
         async def send(message: SentMessage) -> None:
@@ -684,6 +697,16 @@ class WorkerRuntime:
         if expired:
             await self.log.append(expired, worker=self.worker_id)
             await self.sync()
+
+
+def _is_request(payload: bytes) -> bool:
+    """Whether a client message is a request (anything unreadable counts as one: the
+    handler answers it with an error, in order)."""
+    try:
+        message = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return True
+    return not isinstance(message, dict) or ("method" in message and "id" in message)
 
 
 def _is_response(message: SentMessage) -> bool:
