@@ -15,7 +15,7 @@ from .protocol.inbound import Inbound
 from .registry import SessionRegistry
 from .settings import Settings
 from .stateless import STATELESS, StatelessServer
-from .streams import RELAY, StreamLimits
+from .streams import StreamLimits
 from .subscriptions import Subscriptions
 
 __all__ = ["build_app"]
@@ -57,7 +57,6 @@ def build_app(settings: Settings, *, worker_id: str | None = None) -> web.Applic
     sse.add_routes(app, registry, limits)
     streamable_http.add_routes(app, registry, limits)
     operations.add_routes(app, registry, metrics)
-    app[RELAY] = dispatcher.relay
     app[streamable_http.SESSION_ENDED] = dispatcher.end
     subscriptions = Subscriptions(registry, tools.MODERN_CAPABILITIES, limits)
     if settings.upstream is None:
@@ -68,6 +67,7 @@ def build_app(settings: Settings, *, worker_id: str | None = None) -> web.Applic
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         await registry.initialize()
         registry.runtime.delivery_observer = metrics.delivery_latency.observe
+        dispatcher.attach(registry.runtime)
         subscriptions.attach()
         yield
         await registry.shutdown()

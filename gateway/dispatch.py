@@ -1,15 +1,19 @@
 """Dispatch: how the gateway answers each client message.
 
-``initialize`` and ``ping`` are the gateway's own (the client's capabilities are
-recorded in the log). Everything else goes to the upstream MCP server when there
-is one, through one upstream session per gateway session, recorded in the log so
-any worker forwards with it; with no upstream, the built-in tools answer.
+``ping`` is the gateway's own. With no upstream, so is ``initialize`` (the client's
+capabilities are recorded in the log), and the built-in tools answer the rest.
+
+With an upstream MCP server, everything else goes there, through one upstream
+session per gateway session, recorded in the log so any worker forwards with it.
+The client's ``initialize`` opens it, offering the client's protocol version, and
+the client is answered with the upstream's result as it is (version, capabilities,
+server info, instructions): both hops speak the version the upstream chose, which
+is the one recorded for the session. What the upstream sends on its own reaches the
+client through the log (:mod:`.upstream_listening`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -17,12 +21,15 @@ from eventlog import UpstreamSessionOpened
 
 from . import tools
 from .protocol import (
+    HANDSHAKE_VERSIONS,
     INTERNAL_ERROR,
+    MISSING_PROTOCOL_VERSION,
     error_response,
     result_response,
 )
 from .registry import SessionRegistry
 from .upstream import Upstream, UpstreamError, UpstreamSessionLost
+from .upstream_listening import UpstreamListeners
 from .worker import HandlerContext, WorkerRuntime
 
 __all__ = ["Dispatcher"]
@@ -33,35 +40,33 @@ logger = logging.getLogger("sessionlog.gateway")
 class Dispatcher:
     def __init__(self, upstream: str | None = None) -> None:
         self.upstream = Upstream(upstream) if upstream else None
+        self.listeners = UpstreamListeners(self.upstream) if self.upstream else None
         # Set once the registry that calls this dispatcher exists (each needs the other).
         self.registry: SessionRegistry | None = None
-        # Relays waiting for their session's upstream session to open here.
-        self._opened: dict[str, asyncio.Event] = {}
+
+    def attach(self, runtime: WorkerRuntime) -> None:
+        """Start following the started registry's log (the upstream's streams)."""
+        if self.listeners is not None:
+            self.listeners.attach(runtime)
 
     async def close(self) -> None:
+        if self.listeners is not None:
+            await self.listeners.close()
         if self.upstream is not None:
             await self.upstream.close()
 
     async def __call__(self, message: dict[str, Any], ctx: HandlerContext) -> dict[str, Any] | None:
         assert self.registry is not None
         method = message.get("method") if isinstance(message, dict) else None
-        if method in ("initialize", "ping"):
-            reply = await self.registry.answer_default(message, ctx)
-            if method == "initialize" and self.upstream is not None and "result" in (reply or {}):
-                # Open the upstream session now, so the client learns of a dead upstream
-                # at once, and gets the upstream's tools and capabilities.
-                try:
-                    result = await self._open_upstream(ctx.session_id, message.get("params") or {})
-                except UpstreamError as exc:
-                    return error_response(message["id"], INTERNAL_ERROR, f"upstream: {exc}")
-                result["protocolVersion"] = reply["result"]["protocolVersion"]  # type: ignore[index]
-                return result_response(message["id"], result)
-            return reply
-        if self.upstream is not None:
-            if method == "notifications/initialized":
-                return None  # the upstream had its own when its session opened
-            return await self._forward(message, ctx)
-        return tools.answer(message)
+        if method == "ping" or (method == "initialize" and self.upstream is None):
+            return await self.registry.answer_default(message, ctx)
+        if self.upstream is None:
+            return tools.answer(message)
+        if method == "initialize":
+            return await self._initialize(message, ctx)
+        if method == "notifications/initialized":
+            return None  # the upstream had its own when its session opened
+        return await self._forward(message, ctx)
 
     # -- the upstream --------------------------------------------------------------
 
@@ -69,20 +74,56 @@ class Dispatcher:
         assert self.registry is not None
         return self.registry.runtime
 
+    async def _initialize(self, message: dict[str, Any], ctx: HandlerContext) -> dict[str, Any]:
+        """Open the upstream session now (so the client learns of a dead upstream at
+        once) and answer with its initialize result; record the client's info and
+        capabilities with the version the upstream chose."""
+        assert self.registry is not None
+        request_id, params = message.get("id"), message.get("params")
+        if not isinstance(params, dict) or not params.get("protocolVersion"):
+            return error_response(request_id, MISSING_PROTOCOL_VERSION, "Missing protocol version")
+        try:
+            result = await self._open_upstream(ctx.session_id, params)
+        except UpstreamError as exc:
+            return error_response(request_id, INTERNAL_ERROR, f"upstream: {exc}")
+        # The registry records the initialize as agreed (its own answer is not ours).
+        agreed = {**params, "protocolVersion": result["protocolVersion"]}
+        await self.registry.handle_initialize_logic(agreed, ctx.session_id, ctx.server_id)
+        return result_response(request_id, result)
+
     async def _open_upstream(self, session_id: str, params: dict[str, Any]) -> dict[str, Any]:
-        """Open the session's upstream session and record it; the initialize result."""
-        assert self.upstream is not None
+        """Open the session's upstream session with ``params`` (a client's initialize
+        params), record it, and listen to its stream; its initialize result.
+
+        Raises UpstreamError if the upstream chose a version the gateway does not speak.
+        """
+        assert self.upstream is not None and self.listeners is not None
         upstream_session, result = await self.upstream.open_session(params)
-        await self._record_upstream(session_id, upstream_session or "")
+        version = result.get("protocolVersion")
+        if version not in HANDSHAKE_VERSIONS:
+            if upstream_session:
+                await self.upstream.end_session(upstream_session)
+            raise UpstreamError(
+                f"{self.upstream.url} chose protocol version {version!r};"
+                f" the gateway speaks {', '.join(HANDSHAKE_VERSIONS)}"
+            )
+        await self._record_upstream(session_id, upstream_session or "", version)
+        # Before anything is forwarded: the upstream drops what it sends on a stream
+        # that is not open.
+        await self.listeners.listen_here(session_id)
         return result
 
-    async def _record_upstream(self, session_id: str, upstream_session: str | None) -> None:
+    async def _record_upstream(
+        self, session_id: str, upstream_session: str | None, protocol_version: str | None = None
+    ) -> None:
         runtime = self._runtime()
-        event = UpstreamSessionOpened(session_id=session_id, upstream_session=upstream_session)
+        event = UpstreamSessionOpened(
+            session_id=session_id,
+            upstream_session=upstream_session,
+            protocol_version=protocol_version,
+        )
         await runtime.log.append([event], worker=runtime.worker_id)
         await runtime.sync()
-        if upstream_session is not None and session_id in self._opened:
-            self._opened.pop(session_id).set()
 
     async def _upstream_session(self, session_id: str) -> tuple[str | None, str | None]:
         """(upstream session id, protocol version) for the session, opening an
@@ -104,7 +145,9 @@ class Dispatcher:
             await self._open_upstream(session_id, params)
             session = runtime.projection.session(session_id)
             assert session is not None
-        return session.upstream_session or None, session.protocol_version
+        # An upstream session recorded without its version (an older log): the client's.
+        version = session.upstream_version or session.protocol_version
+        return session.upstream_session or None, version
 
     async def _forward(self, message: dict[str, Any], ctx: HandlerContext) -> dict[str, Any] | None:
         assert self.upstream is not None
@@ -142,45 +185,3 @@ class Dispatcher:
         session = self._runtime().projection.session(session_id)
         if session is not None and session.upstream_session:
             await self.upstream.end_session(session.upstream_session)
-
-    async def relay(self, session_id: str) -> None:
-        """Pass the upstream's own messages for the session (its standalone stream) to
-        the log, for the stream holding the session; runs until cancelled.
-
-        It listens with the session's recorded upstream session and never opens one
-        itself: until the client's initialize does (on this worker, for HTTP+SSE), it
-        waits, looking at the projection again every heartbeat in case another worker
-        opened it.
-        """
-        if self.upstream is None:
-            return
-        runtime = self._runtime()
-
-        async def record(message: dict[str, Any]) -> None:
-            await runtime.send_server_message(session_id, message)
-
-        try:
-            while (session := runtime.projection.session(session_id)) is not None:
-                if session.upstream_session is None:
-                    opened = self._opened.setdefault(session_id, asyncio.Event())
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(runtime.heartbeat_interval):
-                            await opened.wait()
-                    continue
-                try:
-                    await self.upstream.listen(
-                        session.upstream_session or None, record, session.protocol_version
-                    )
-                    return  # the upstream has no standalone stream
-                except UpstreamSessionLost:
-                    await self._record_upstream(session_id, None)  # the next message opens one
-                except UpstreamError as exc:
-                    logger.warning(
-                        "session %s: no upstream stream: %s",
-                        session_id,
-                        exc,
-                        extra={"session_id": session_id},
-                    )
-                    return
-        finally:
-            self._opened.pop(session_id, None)

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -30,7 +30,6 @@ from .worker import WorkerRuntime
 
 __all__ = [
     "KEEPALIVE",
-    "RELAY",
     "SEND_TIMEOUT",
     "EventStreamTransport",
     "StreamLimits",
@@ -43,10 +42,6 @@ logger = logging.getLogger("sessionlog.gateway")
 # Timeouts
 KEEPALIVE = 15.0  # s between ": ping" comments on an idle stream
 SEND_TIMEOUT = 10.0  # s a client may take to read an event before it is disconnected
-
-# Runs while a stream holds a session: relays the upstream's own messages to the log.
-Relay = Callable[[str], Coroutine[Any, Any, None]]
-RELAY = web.AppKey("relay", Relay)
 
 
 class EventStreamTransport:
@@ -152,9 +147,6 @@ async def hold_stream(
     runtime = registry.runtime
     cutoff = runtime.projection.position
     helpers = [asyncio.create_task(registry.respond(None, {"identity": identity}, session_id))]
-    relay = request.app.get(RELAY)
-    if relay is not None:
-        helpers.append(asyncio.create_task(relay(session_id)))
     try:
         await stream.prepare(request)
         async with stream:

@@ -4,6 +4,10 @@ The gateway forwards its clients' messages here. Every call is bounded in time: 
 dead or stalled upstream becomes an :class:`UpstreamError` rather than a hang, and
 an upstream that forgot our session becomes :class:`UpstreamSessionLost`, so the
 caller can open a new one. Only :meth:`Upstream.listen` runs until cancelled.
+
+Event streams are followed as the specification asks of a client: one that ends
+after an event id is resumed with ``GET`` and ``Last-Event-ID`` once its ``retry:``
+delay has passed (a request's stream too: SSE polling, SEP-1699).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from .protocol.sse_codec import SSEError, SSEEvent, SSEParser
 
 __all__ = [
     "OnMessage",
+    "OnStreamMessage",
     "Upstream",
     "UpstreamError",
     "UpstreamSessionLost",
@@ -30,6 +35,10 @@ __all__ = [
 logger = logging.getLogger("sessionlog.gateway.upstream")
 
 OnMessage = Callable[[dict[str, Any]], Awaitable[None]]
+# A message from the standalone stream, and the id of the SSE event it came in (what
+# a later listen() resumes after).
+OnStreamMessage = Callable[[dict[str, Any], str | None], Awaitable[None]]
+Sleep = Callable[[float], Awaitable[None]]
 
 SESSION_HEADER = "Mcp-Session-Id"
 VERSION_HEADER = "MCP-Protocol-Version"
@@ -42,8 +51,10 @@ INITIALIZE_ID = "sessionlog-initialize"
 MAX_BODY = 16 * 2**20  # bytes of one JSON body, or of one SSE event (or unterminated line)
 SNIPPET = 200  # characters of an unexpected body quoted in an error
 # Reconnecting listen(): the first delay (or the server's `retry:`), doubled up to the cap.
-RECONNECT_DELAY = 1.0  # s
+RECONNECT_DELAY = 1.0  # s; also before resuming a request's stream without a `retry:`
 RECONNECT_MAX = 30.0  # s
+# Resumes of one request's stream before it counts as failed (within its timeout too).
+MAX_RESUMES = 10
 # Statuses after which a dropped GET stream is retried; other 4xx are final.
 RETRY_STATUSES = frozenset({408, 409, 425, 429})
 
@@ -59,6 +70,10 @@ class UpstreamSessionLost(UpstreamError):
 
 class _Retry(Exception):
     """The GET stream was refused in a way worth retrying."""
+
+
+class _NoStream(Exception):
+    """The upstream offers no GET stream (405)."""
 
 
 # -- JSON-RPC helpers ---------------------------------------------------------------------
@@ -139,10 +154,18 @@ class Upstream:
     object can be built outside an event loop.
     """
 
-    def __init__(self, url: str, *, timeout: float = 30.0, connect_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 30.0,
+        connect_timeout: float = 5.0,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
         self.url = url
         self.timeout = timeout
         self.connect_timeout = connect_timeout
+        self._sleep = sleep  # waits out reconnect delays (tests pass one that does not)
         self._http: aiohttp.ClientSession | None = None
         self._closed = False
 
@@ -180,13 +203,19 @@ class Upstream:
         return self._http
 
     def _headers(
-        self, session: str | None, protocol_version: str | None, accept: str
+        self,
+        session: str | None,
+        protocol_version: str | None,
+        accept: str,
+        last_event_id: str | None = None,
     ) -> dict[str, str]:
         headers = {"Accept": accept}
         if session:
             headers[SESSION_HEADER] = session
         if protocol_version:
             headers[VERSION_HEADER] = protocol_version
+        if last_event_id is not None:
+            headers[LAST_EVENT_ID_HEADER] = last_event_id
         return headers
 
     def _failure(self, exc: Exception) -> UpstreamError:
@@ -282,7 +311,9 @@ class Upstream:
         try:
             async with asyncio.timeout(self.timeout):
                 async with self._client().post(self.url, data=body, headers=headers) as response:
-                    answer = await self._answer(session, message, response, on_message)
+                    answer = await self._answer(
+                        session, protocol_version, message, response, on_message
+                    )
                     return response.headers.get(SESSION_HEADER), answer
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise self._failure(exc) from exc
@@ -290,6 +321,7 @@ class Upstream:
     async def _answer(
         self,
         session: str | None,
+        protocol_version: str | None,
         message: dict[str, Any],
         response: aiohttp.ClientResponse,
         on_message: OnMessage | None,
@@ -309,7 +341,11 @@ class Upstream:
             return None  # 202 Accepted, as the spec asks; any other 2xx is as good
         request_id = message["id"]
         if response.content_type == SSE_TYPE:
-            return await self._stream_answer(request_id, response, on_message)
+            # The session the upstream just named, for an initialize: a resume needs it.
+            session = response.headers.get(SESSION_HEADER, session)
+            return await self._stream_answer(
+                session, protocol_version, request_id, response, on_message
+            )
         if response.content_type != JSON_TYPE:
             raise UpstreamError(
                 f"{self.url} answered {status} with {response.content_type or 'no content type'}"
@@ -324,14 +360,66 @@ class Upstream:
         raise UpstreamError(f"{self.url} answered {status} without a response to {request_id!r}")
 
     async def _stream_answer(
-        self, request_id: Any, response: aiohttp.ClientResponse, on_message: OnMessage | None
+        self,
+        session: str | None,
+        protocol_version: str | None,
+        request_id: Any,
+        response: aiohttp.ClientResponse,
+        on_message: OnMessage | None,
     ) -> dict[str, Any]:
-        async for event in _sse_events(response, SSEParser()):
-            for item in _messages(event.data, f"an event from {self.url}"):
-                if _is_response_to(item, request_id):
-                    return item
-                await self._deliver(item, on_message)
-        raise UpstreamError(f"{self.url} ended the stream without a response to {request_id!r}")
+        """The response in a request's event stream. While the stream ends (or
+        breaks) after an event id, it is resumed: at most MAX_RESUMES attempts."""
+        parser = SSEParser()  # one for every part of the stream: the last id and retry
+        part: aiohttp.ClientResponse | None = response
+        attempts = 0
+        try:
+            while True:
+                if part is not None:
+                    try:
+                        async for event in _sse_events(part, parser):
+                            for item in _messages(event.data, f"an event from {self.url}"):
+                                if _is_response_to(item, request_id):
+                                    return item
+                                await self._deliver(item, on_message)
+                    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+                        if parser.last_event_id is None:
+                            raise
+                        logger.debug("a stream from %s broke: %s", self.url, exc)
+                    if part is not response:
+                        part.release()
+                    part = None
+                if parser.last_event_id is None:
+                    raise UpstreamError(
+                        f"{self.url} ended the stream without a response to {request_id!r}"
+                    )
+                if attempts == MAX_RESUMES:
+                    raise UpstreamError(
+                        f"{self.url} gave no response to {request_id!r} in {attempts}"
+                        " resumes of its stream"
+                    )
+                attempts += 1
+                part = await self._resume(session, protocol_version, parser)
+        finally:
+            if part is not None and part is not response:
+                part.release()
+
+    async def _resume(
+        self, session: str | None, protocol_version: str | None, parser: SSEParser
+    ) -> aiohttp.ClientResponse | None:
+        """After the stream's retry delay, the rest of it after ``parser``'s last
+        event id; None if this attempt failed in a way worth another."""
+        await self._sleep(parser.retry if parser.retry is not None else RECONNECT_DELAY)
+        try:
+            response = await self._get(session, protocol_version, parser.last_event_id)
+        except _NoStream:
+            raise UpstreamError(
+                f"{self.url} ended a request's stream early but refuses to resume it (405)"
+            ) from None
+        except (_Retry, aiohttp.ClientConnectionError) as exc:
+            logger.debug("resuming a stream from %s failed: %s", self.url, exc)
+            return None
+        parser.new_stream()
+        return response
 
     async def _deliver(self, message: dict[str, Any], on_message: OnMessage | None) -> None:
         if on_message is None:
@@ -342,62 +430,57 @@ class Upstream:
     async def listen(
         self,
         session: str | None,
-        on_message: OnMessage,
+        on_message: OnStreamMessage,
         protocol_version: str | None = None,
+        *,
+        last_event_id: str | None = None,
+        on_open: Callable[[], None] | None = None,
     ) -> None:
         """Pass every message on the upstream's standalone stream to ``on_message``
-        until cancelled.
+        until cancelled, with the id of the event it came in.
 
-        Returns at once if the upstream has no such stream (405). A dropped stream is
-        reopened, resuming after the last event id seen, after a delay that doubles up
-        to RECONNECT_MAX (reset once a stream delivers something). Raises
-        UpstreamSessionLost on 404 and UpstreamError on other final refusals.
+        Resumes after ``last_event_id`` if given (where another listener stopped).
+        ``on_open`` is called each time a stream is open, so the upstream has a
+        stream to send on. Returns at once if the upstream has no such stream (405).
+        A dropped stream is reopened, resuming after the last event id seen, after the
+        server's ``retry:`` delay (or RECONNECT_DELAY), doubled for each attempt that
+        brings nothing, up to RECONNECT_MAX. Raises UpstreamSessionLost on 404 and
+        UpstreamError on other final refusals.
         """
         parser = SSEParser()  # one for the whole listen: it keeps the last id and retry
+        parser.last_event_id = last_event_id
         failures = 0
         while True:
             try:
-                delivered = await self._listen_once(session, on_message, protocol_version, parser)
+                delivered = await self._listen_once(
+                    session, on_message, protocol_version, parser, on_open
+                )
+            except _NoStream:
+                return
             except _Retry as exc:
                 logger.debug("the stream from %s dropped: %s", self.url, exc)
                 delivered = False
             except (aiohttp.ClientError, TimeoutError) as exc:
                 logger.debug("the stream from %s dropped: %s", self.url, self._failure(exc))
                 delivered = False
-            if delivered is None:
-                return
             failures = 0 if delivered else failures + 1
             base = parser.retry if parser.retry is not None else RECONNECT_DELAY
-            await asyncio.sleep(min(base * 2 ** max(failures - 1, 0), RECONNECT_MAX))
+            await self._sleep(min(base * 2 ** max(failures - 1, 0), RECONNECT_MAX))
 
     async def _listen_once(
         self,
         session: str | None,
-        on_message: OnMessage,
+        on_message: OnStreamMessage,
         protocol_version: str | None,
         parser: SSEParser,
-    ) -> bool | None:
-        """Read one GET stream until it ends: None if there is none, else whether it
-        delivered anything."""
-        headers = self._headers(session, protocol_version, SSE_TYPE)
-        if parser.last_event_id is not None:
-            headers[LAST_EVENT_ID_HEADER] = parser.last_event_id
-        async with asyncio.timeout(self.timeout):  # for the headers; the stream is unbounded
-            response = await self._client().get(self.url, headers=headers)
+        on_open: Callable[[], None] | None,
+    ) -> bool:
+        """Read one GET stream until it ends; whether it brought anything new (a
+        message, or a priming event's id)."""
+        response = await self._get(session, protocol_version, parser.last_event_id)
         async with response:
-            status = response.status
-            if status == 405:
-                return None
-            if status == 404 and session:
-                raise UpstreamSessionLost(f"{self.url} no longer knows session {session}")
-            if status >= 500 or status in RETRY_STATUSES:
-                raise _Retry(f"{status} {response.reason}")
-            if status != 200:
-                raise self._status_error(response, await _read_body(response))
-            if response.content_type != SSE_TYPE:
-                raise UpstreamError(
-                    f"{self.url} answered GET with {response.content_type or 'no content type'}"
-                )
+            if on_open is not None:
+                on_open()
             parser.new_stream()
             last_id = parser.last_event_id
             delivered = False
@@ -409,8 +492,39 @@ class Upstream:
                     continue
                 for message in messages:
                     delivered = True
-                    await on_message(message)
+                    await on_message(message, event.id)
             return delivered or parser.last_event_id != last_id
+
+    async def _get(
+        self, session: str | None, protocol_version: str | None, last_event_id: str | None
+    ) -> aiohttp.ClientResponse:
+        """An open event stream from a GET: the standalone stream, or with
+        ``last_event_id`` what follows that event in its stream. The caller closes it.
+
+        Raises _NoStream (405), UpstreamSessionLost (404), _Retry (worth another try)
+        or UpstreamError (a final refusal).
+        """
+        headers = self._headers(session, protocol_version, SSE_TYPE, last_event_id)
+        async with asyncio.timeout(self.timeout):  # for the headers; the stream is unbounded
+            response = await self._client().get(self.url, headers=headers)
+        try:
+            status = response.status
+            if status == 405:
+                raise _NoStream()
+            if status == 404 and session:
+                raise UpstreamSessionLost(f"{self.url} no longer knows session {session}")
+            if status >= 500 or status in RETRY_STATUSES:
+                raise _Retry(f"{status} {response.reason}")
+            if status != 200:
+                raise self._status_error(response, await _read_body(response))
+            if response.content_type != SSE_TYPE:
+                raise UpstreamError(
+                    f"{self.url} answered GET with {response.content_type or 'no content type'}"
+                )
+        except BaseException:
+            response.release()
+            raise
+        return response
 
     async def end_session(self, session: str) -> None:
         """DELETE the session on the upstream. Failures only matter to the upstream,

@@ -78,10 +78,11 @@ else:
 
 
 def start_sdk_server(
-    json_response: bool, transport: str = "streamable-http"
+    json_response: bool, transport: str = "streamable-http", *, script: str = SDK_SERVER
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """Start the SDK server in its own process; (the process, its MCP endpoint URL:
-    ``/mcp`` for Streamable HTTP, ``/sse`` for HTTP+SSE).
+    """Start the SDK server (or another ``script`` taking the same argv) in its own
+    process; (the process, its MCP endpoint URL: ``/mcp`` for Streamable HTTP, ``/sse``
+    for HTTP+SSE).
 
     Returns once it accepts connections. Stop it with :func:`stop_sdk_server`.
     """
@@ -90,7 +91,7 @@ def start_sdk_server(
     with tempfile.NamedTemporaryFile(prefix="sdk-server-", suffix=".log", delete=False) as sink:
         output = Path(sink.name)
         process = subprocess.Popen(
-            [sys.executable, "-c", SDK_SERVER, str(port), mode, transport],
+            [sys.executable, "-c", script, str(port), mode, transport],
             stdout=sink,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -13,7 +13,14 @@ import pytest
 from aiohttp import test_utils, web
 
 from gateway.protocol.sse_codec import SSEEvent, SSEParser
-from gateway.upstream import Upstream, UpstreamError, UpstreamSessionLost
+from gateway.upstream import (
+    MAX_RESUMES,
+    OnStreamMessage,
+    Upstream,
+    UpstreamError,
+    UpstreamSessionLost,
+)
+from tests.gateway.fidelity_upstream import start_fidelity_server
 from tests.sdk_server import start_sdk_server, stop_sdk_server
 from tests.servers import free_port
 
@@ -21,6 +28,17 @@ from tests.servers import free_port
 HANG_GUARD = 30.0
 # A timeout short enough for tests of the client's own timeouts.
 SHORT = 0.5
+
+
+class Delays:
+    """A sleep for the client that does not wait: it keeps the delays asked for."""
+
+    def __init__(self) -> None:
+        self.asked: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.asked.append(seconds)
+
 
 CLIENT_PARAMS: dict[str, Any] = {
     "protocolVersion": "2025-11-25",
@@ -51,7 +69,7 @@ def sdk_url(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 async def upstream(sdk_url: str) -> AsyncIterator[Upstream]:
-    client = Upstream(sdk_url, timeout=HANG_GUARD)
+    client = Upstream(sdk_url, timeout=HANG_GUARD, sleep=Delays())
     yield client
     await client.close()
 
@@ -149,60 +167,112 @@ async def test_an_ended_session_is_lost(upstream: Upstream) -> None:
     await upstream.end_session(session)  # again: the 404 is ignored
 
 
-async def until_listening(
-    upstream: Upstream, session: str, received: asyncio.Queue[dict[str, Any]]
-) -> dict[str, Any]:
-    """The first message on listen's stream, once it is open.
+def into(received: asyncio.Queue[dict[str, Any]]) -> OnStreamMessage:
+    """A listen() callback putting each message in ``received``."""
 
-    The SDK drops standalone messages while no GET stream is open, and nothing says
-    when listen's stream is open: ask for one until it arrives.
-    """
-    async with asyncio.timeout(HANG_GUARD):
-        for request_id in range(100, 10_000):
-            response = await upstream.forward(session, call(request_id, "touch_tools"))
-            assert response is not None and "result" in response
-            with contextlib.suppress(TimeoutError):
-                return await asyncio.wait_for(received.get(), SHORT)
-    raise AssertionError("listen received nothing")
+    async def on_message(message: dict[str, Any], event_id: str | None) -> None:
+        received.put_nowait(message)
+
+    return on_message
+
+
+@contextlib.asynccontextmanager
+async def listening(
+    upstream: Upstream,
+    session: str,
+    version: str,
+    on_message: OnStreamMessage,
+    last_event_id: str | None = None,
+) -> AsyncIterator[asyncio.Task[None]]:
+    """listen() running, once its stream is open: the SDK drops what it sends on its
+    own while there is none. Cancelled at the end."""
+    opened = asyncio.Event()
+    task = asyncio.create_task(
+        upstream.listen(
+            session, on_message, version, last_event_id=last_event_id, on_open=opened.set
+        )
+    )
+    try:
+        await asyncio.wait_for(opened.wait(), HANG_GUARD)
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, UpstreamError):
+            await task
 
 
 async def test_listen_receives_what_the_server_sends_on_its_own(upstream: Upstream) -> None:
     session, version = await open_session(upstream)
     received: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    listening = asyncio.create_task(upstream.listen(session, received.put, version))
-    try:
-        message = await until_listening(upstream, session, received)
+    async with listening(upstream, session, version, into(received)) as task:
+        await upstream.forward(session, call(2, "touch_tools"), None, version)
+        message = await asyncio.wait_for(received.get(), HANG_GUARD)
         assert message == {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}
-        assert not listening.done()
-    finally:
-        listening.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await listening
-    assert listening.cancelled()
+        assert not task.done()
+    assert task.cancelled()
 
 
 async def test_listen_is_lost_when_its_session_ends(upstream: Upstream) -> None:
     """Ending the session closes the open GET stream; the reconnect is answered 404."""
     session, version = await open_session(upstream)
     received: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    listening = asyncio.create_task(upstream.listen(session, received.put, version))
-    try:
-        await until_listening(upstream, session, received)
+    async with listening(upstream, session, version, into(received)) as task:
         await upstream.end_session(session)
         with pytest.raises(UpstreamSessionLost):
-            await asyncio.wait_for(asyncio.shield(listening), HANG_GUARD)
-    finally:
-        listening.cancel()
-        with contextlib.suppress(asyncio.CancelledError, UpstreamError):
-            await listening
+            await asyncio.wait_for(asyncio.shield(task), HANG_GUARD)
 
 
 async def test_listen_on_an_unknown_session_is_lost(upstream: Upstream) -> None:
-    async def on_message(message: dict[str, Any]) -> None:
+    async def on_message(message: dict[str, Any], event_id: str | None) -> None:
         raise AssertionError(message)
 
     with pytest.raises(UpstreamSessionLost):
         await asyncio.wait_for(upstream.listen("no-such-session", on_message), HANG_GUARD)
+
+
+# -- against the SDK server that polls and asks (an event store, a `retry:`) ----------
+
+
+@pytest.fixture(scope="module")
+def fidelity_url() -> Iterator[str]:
+    process, url = start_fidelity_server()
+    yield url
+    stop_sdk_server(process)
+
+
+async def test_a_request_stream_the_sdk_server_ends_early_is_resumed(fidelity_url: str) -> None:
+    seen: list[dict[str, Any]] = []
+
+    async def on_message(message: dict[str, Any]) -> None:
+        seen.append(message)
+
+    async with Upstream(fidelity_url, timeout=HANG_GUARD) as upstream:
+        session, version = await open_session(upstream)
+        message = call(1, "poll", text="late")
+        message["params"]["_meta"] = {"progressToken": "p1"}
+        response = await upstream.forward(session, message, on_message, version)
+    assert response is not None and response["result"]["content"][0]["text"] == "late"
+    assert [m["method"] for m in seen] == ["notifications/progress"]
+
+
+async def test_listen_resumes_the_sdk_servers_stream_after_an_event_id(fidelity_url: str) -> None:
+    """What the server sent while nobody listened comes when a listen resumes after
+    the last event id seen (as a listener taking over does)."""
+    received: asyncio.Queue[tuple[dict[str, Any], str | None]] = asyncio.Queue()
+
+    async def on_message(message: dict[str, Any], event_id: str | None) -> None:
+        received.put_nowait((message, event_id))
+
+    async with Upstream(fidelity_url, timeout=HANG_GUARD, sleep=Delays()) as upstream:
+        session, version = await open_session(upstream)
+        async with listening(upstream, session, version, on_message):
+            await upstream.forward(session, call(1, "touch_tools"), None, version)
+            changed, last_id = await asyncio.wait_for(received.get(), HANG_GUARD)
+        assert changed["method"] == "notifications/tools/list_changed" and last_id
+        await upstream.forward(session, call(2, "touch_tools"), None, version)  # unheard
+        async with listening(upstream, session, version, on_message, last_id):
+            missed, missed_id = await asyncio.wait_for(received.get(), HANG_GUARD)
+    assert missed == changed and missed_id not in (None, last_id)
 
 
 # -- against small aiohttp servers -------------------------------------------------------
@@ -356,7 +426,129 @@ async def test_a_stalled_sse_answer_times_out_after_what_it_sent() -> None:
     assert seen == [progress]
 
 
-async def test_listen_reconnects_after_the_last_event_id() -> None:
+# -- a request's stream ended early (SSE polling) ------------------------------------
+
+PRIMING = b"id: p1\nretry: 250\ndata:\n\n"
+PROGRESS = {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progress": 1}}
+QUESTION = {"jsonrpc": "2.0", "id": "q1", "method": "elicitation/create", "params": {}}
+ANSWER = {"jsonrpc": "2.0", "id": 1, "result": {"content": []}}
+
+
+def with_id(event_id: str, message: dict[str, Any]) -> bytes:
+    return f"id: {event_id}\n".encode() + sse(message)
+
+
+async def primed_then_ended(request: web.Request) -> web.StreamResponse:
+    """A POST answered as SSE polling does: a priming event, a progress
+    notification, and the end of the stream."""
+    stream = await sse_stream(request)
+    await stream.write(PRIMING + with_id("e1", PROGRESS))
+    return stream
+
+
+async def forward_resumed(
+    get: Handler, post: Handler = primed_then_ended
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]], Delays]:
+    """Forward a call to a server answering with ``post`` and ``get``: the answer,
+    what reached on_message, and the delays the client waited."""
+    seen: list[dict[str, Any]] = []
+
+    async def on_message(message: dict[str, Any]) -> None:
+        seen.append(message)
+
+    delays = Delays()
+    async with fake_upstream(post, get) as url, Upstream(url, sleep=delays) as upstream:
+        async with asyncio.timeout(HANG_GUARD):
+            answer = await upstream.forward("s1", call(1, "echo"), on_message, "2025-11-25")
+    return answer, seen, delays
+
+
+async def test_a_request_stream_ended_after_an_event_id_is_resumed() -> None:
+    resumed: list[Any] = []
+
+    async def get(request: web.Request) -> web.StreamResponse:
+        resumed.append(request.headers.copy())
+        stream = await sse_stream(request)
+        await stream.write(with_id("e2", QUESTION) + with_id("e3", ANSWER))
+        return stream
+
+    answer, seen, delays = await forward_resumed(get)
+    assert answer == ANSWER
+    assert seen == [PROGRESS, QUESTION]
+    assert delays.asked == [0.25]  # the priming event's retry
+    [headers] = resumed
+    assert headers["Last-Event-ID"] == "e1"
+    assert headers["Mcp-Session-Id"] == "s1"
+    assert headers["MCP-Protocol-Version"] == "2025-11-25"
+    assert headers["Accept"] == "text/event-stream"
+
+
+async def test_a_request_stream_broken_after_an_event_id_is_resumed() -> None:
+    async def post(request: web.Request) -> web.StreamResponse:
+        stream = await sse_stream(request)
+        await stream.write(PRIMING)
+        assert request.transport is not None
+        request.transport.close()  # mid-stream, no end of the chunked body
+        return stream
+
+    async def get(request: web.Request) -> web.StreamResponse:
+        stream = await sse_stream(request)
+        await stream.write(with_id("e3", ANSWER))
+        return stream
+
+    answer, seen, delays = await forward_resumed(get, post)
+    assert (answer, seen, delays.asked) == (ANSWER, [], [0.25])
+
+
+async def test_a_failed_resume_is_tried_again() -> None:
+    statuses = [503, 200]
+
+    async def get(request: web.Request) -> web.StreamResponse:
+        if statuses.pop(0) == 503:
+            return web.Response(status=503)
+        stream = await sse_stream(request)
+        await stream.write(with_id("e3", ANSWER))
+        return stream
+
+    answer, _, delays = await forward_resumed(get)
+    assert answer == ANSWER
+    assert delays.asked == [0.25, 0.25]
+
+
+async def test_resuming_is_bounded() -> None:
+    """A server that ends every stream after a new event id, and never answers."""
+    resumes: list[str | None] = []
+
+    async def get(request: web.Request) -> web.StreamResponse:
+        resumes.append(request.headers.get("Last-Event-ID"))
+        stream = await sse_stream(request)
+        await stream.write(f"id: r{len(resumes)}\ndata:\n\n".encode())
+        return stream
+
+    with pytest.raises(UpstreamError, match=f"no response to 1 in {MAX_RESUMES} resumes"):
+        await forward_resumed(get)
+    assert resumes == ["e1"] + [f"r{n}" for n in range(1, MAX_RESUMES)]
+
+
+@pytest.mark.parametrize(
+    ("status", "raised", "reason"),
+    [
+        (405, UpstreamError, "refuses to resume it"),
+        (404, UpstreamSessionLost, "no longer knows session s1"),
+        (403, UpstreamError, "403 Forbidden"),
+    ],
+)
+async def test_a_refused_resume_is_an_upstream_error(
+    status: int, raised: type[UpstreamError], reason: str
+) -> None:
+    async def get(request: web.Request) -> web.Response:
+        return web.Response(status=status)
+
+    with pytest.raises(raised, match=reason):
+        await forward_resumed(get)
+
+
+async def test_listen_resumes_after_the_last_event_id_once_retry_has_passed() -> None:
     first = {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}
     second = {"jsonrpc": "2.0", "method": "notifications/resources/list_changed"}
     resumed_from: list[str | None] = []
@@ -368,27 +560,43 @@ async def test_listen_reconnects_after_the_last_event_id() -> None:
         headers.append(request.headers.copy())
         stream = await sse_stream(request)
         if len(resumed_from) == 1:
-            # A short retry, an event with an id, then the stream drops.
-            await stream.write(b"retry: 10\n\nid: e1\nevent: message\ndata: ")
+            # A retry, an event with an id, then the stream drops.
+            await stream.write(b"retry: 250\n\nid: e1\nevent: message\ndata: ")
             await stream.write(orjson.dumps(first) + b"\n\n")
             return stream
         await stream.write(b": resumed\r\nid: e2\r\ndata: " + orjson.dumps(second) + b"\r\n\r\n")
         await release.wait()
         return stream
 
-    received: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    async with fake_upstream(get=get) as url, Upstream(url) as upstream:
-        listening = asyncio.create_task(upstream.listen("s1", received.put, "2025-11-25"))
+    received: asyncio.Queue[tuple[dict[str, Any], str | None]] = asyncio.Queue()
+
+    async def on_message(message: dict[str, Any], event_id: str | None) -> None:
+        received.put_nowait((message, event_id))
+
+    opened: list[None] = []
+    delays = Delays()
+    async with fake_upstream(get=get) as url, Upstream(url, sleep=delays) as upstream:
+        listening = asyncio.create_task(
+            upstream.listen(
+                "s1",
+                on_message,
+                "2025-11-25",
+                last_event_id="e0",  # where an earlier listener stopped
+                on_open=lambda: opened.append(None),
+            )
+        )
         try:
             async with asyncio.timeout(HANG_GUARD):
-                assert await received.get() == first
-                assert await received.get() == second
+                assert await received.get() == (first, "e1")
+                assert await received.get() == (second, "e2")
         finally:
             listening.cancel()
             release.set()
             with contextlib.suppress(asyncio.CancelledError):
                 await listening
-    assert resumed_from == [None, "e1"]
+    assert resumed_from == ["e0", "e1"]
+    assert delays.asked == [0.25]  # the server's retry, before the second GET
+    assert len(opened) == 2
     for sent in headers:
         assert sent["Mcp-Session-Id"] == "s1"
         assert sent["MCP-Protocol-Version"] == "2025-11-25"
@@ -399,7 +607,7 @@ async def test_listen_returns_when_the_upstream_has_no_stream() -> None:
     async def get(request: web.Request) -> web.Response:
         return web.Response(status=405)
 
-    async def on_message(message: dict[str, Any]) -> None:
+    async def on_message(message: dict[str, Any], event_id: str | None) -> None:
         raise AssertionError(message)
 
     async with fake_upstream(get=get) as url, Upstream(url) as upstream:
@@ -410,7 +618,7 @@ async def test_listen_raises_on_a_final_refusal() -> None:
     async def get(request: web.Request) -> web.Response:
         return web.Response(status=403, text="forbidden")
 
-    async def on_message(message: dict[str, Any]) -> None:
+    async def on_message(message: dict[str, Any], event_id: str | None) -> None:
         raise AssertionError(message)
 
     async with fake_upstream(get=get) as url, Upstream(url) as upstream:
