@@ -169,7 +169,7 @@ class Post:
     code: int | None = None  # of the JSON-RPC error body, when the status is >= 400
     headers: dict[str, str] = field(default_factory=dict)
     session: str | None = "open"  # "open": a session's id; "unknown"; None: no header
-    answer: str | None = None  # for 200: "method_not_found", "tool_error"
+    answer: str | None = None  # for 200: "method_not_found", "unknown_tool", "tool_error"
 
 
 def dumps(message: Any) -> bytes:
@@ -215,7 +215,7 @@ POSTS = {
         answer="method_not_found",
     ),
     "unknown-tool": Post(
-        dumps(rpc("tools/call", name="nope", arguments={})), 200, answer="tool_error"
+        dumps(rpc("tools/call", name="nope", arguments={})), 200, answer="unknown_tool"
     ),
     "echo-with-bad-arguments": Post(
         dumps(rpc("tools/call", name="echo", arguments={"text": 5})), 200, answer="tool_error"
@@ -249,6 +249,8 @@ async def test_post_mcp_answers_bad_input_clearly(client: TestClient, case: Post
             assert answer["id"] == 2
             if case.answer == "method_not_found":
                 assert answer["error"]["code"] == METHOD_NOT_FOUND, answer
+            elif case.answer == "unknown_tool":  # a protocol error, as the specification says
+                assert answer["error"]["code"] == INVALID_PARAMS, answer
             else:
                 assert answer["result"]["isError"] is True, answer
 

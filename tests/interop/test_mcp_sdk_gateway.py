@@ -20,6 +20,7 @@ import pytest
 from mcp import ClientSession
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 
 from eventlog import UpstreamSessionOpened, open_log
 from tests.gateway.serving import serve
@@ -91,8 +92,9 @@ async def test_each_request_to_the_other_gateway_process(shared_log_url: str, ki
         balancer = RoundRobin(ports)  # type: ignore[arg-type]
         async with mcp_session(kind, a, balancer) as session:
             await _lists_and_echoes(session, ["echo"])
-            missing = await session.call_tool("nope", {})
-            assert missing.is_error is True
+            with pytest.raises(MCPError) as unknown:
+                await session.call_tool("nope", {})
+            assert unknown.value.error.code == -32602
         assert set(balancer.sent) == set(ports)
 
 
