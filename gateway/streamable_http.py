@@ -179,6 +179,11 @@ async def get(request: web.Request) -> web.StreamResponse:
             session.owner, runtime.clock(), runtime.worker_ttl
         ):
             raise errors.conflicting_stream()
+    if after is None:
+        # No event named: what was sent for the session since its last stream ended
+        # (or it opened), so a server's request sent before the client's first GET
+        # (an upstream's sampling, say) is not lost.
+        after = session.stream_ended_position or session.opened_position
     priming = (session.protocol_version or ASSUMED_VERSION) >= PRIMING_SINCE
     with request.app[LIMITS].opened(identity):
         stream = event_stream(_reply_headers(session_id))

@@ -75,6 +75,9 @@ class SessionState(msgspec.Struct, kw_only=True):
     # Wall time of the last record about this session: idle time counts from here.
     last_activity: float
     owner: str | None = None
+    # Where its last stream ended (0: none has since it opened): a new stream that
+    # names no event to resume from gets what was sent for it after that.
+    stream_ended_position: int = 0
     protocol_version: str | None = None
     client_info: dict[str, Any] = {}
     capabilities: dict[str, Any] = {}
@@ -231,6 +234,7 @@ class RegistryProjection:
                 session.listener = None
         elif session is not None and event.role == "worker" and session.owner == event.owner:
             session.owner = None
+            session.stream_ended_position = record.position
 
     def _client_message(self, record: Record, event: ClientMessage) -> None:
         if session := self._touch(record, event.session_id):

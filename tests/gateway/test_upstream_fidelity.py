@@ -220,9 +220,12 @@ class RawSession:
             yield events(response)
 
     @contextlib.asynccontextmanager
-    async def stream(self, base: str, after: int) -> AsyncIterator[Any]:
-        """The session's own stream, resumed after a log position."""
-        headers = {**self.headers, "Last-Event-ID": str(after)}
+    async def stream(self, base: str, after: int | None) -> AsyncIterator[Any]:
+        """The session's own stream, resumed after a log position (None: a first GET,
+        naming no event)."""
+        headers = dict(self.headers)
+        if after is not None:
+            headers["Last-Event-ID"] = str(after)
         async with self.http.get(f"{base}/mcp", headers=headers) as response:
             assert response.status == 200, await response.text()
             yield events(response)
@@ -235,7 +238,9 @@ def reply(request: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
 ROOTS = {"roots": [{"uri": ROOT, "name": "project"}]}
 
 
-async def answer_roots(session: RawSession, stream_from: str, answer_to: str, after: int) -> int:
+async def answer_roots(
+    session: RawSession, stream_from: str, answer_to: str, after: int | None
+) -> int:
     """Take the server's first roots/list after ``after`` from the session's stream
     on one gateway, and answer it through another; its position."""
     async with session.stream(stream_from, after) as stream:
@@ -273,6 +278,26 @@ async def test_the_servers_requests_wait_in_the_log_for_a_client_stream(
             async with await open_log(log_url) as log:
                 # The listener (a) lets go of the closed session, stream and claim.
                 await wait_for_record(log, lets_go_of_listening)
+    assert answer["id"] == 1 and answer["result"]["content"][0]["text"] == ROOT, answer
+
+
+async def test_a_first_get_gets_what_the_upstream_asked_before_it(
+    tmp_path: Path, upstream_url: str
+) -> None:
+    """The SDK client opens its GET beside its first requests: a request the upstream
+    sent before that GET is recorded, and the GET (naming no event) gets it."""
+    log_url = f"sqlite:///{tmp_path}/log.db"
+    args = ("--upstream", upstream_url)
+    with serve(log_url, *args) as a, serve(log_url, *args) as b:
+        async with aiohttp.ClientSession(headers=MCP_HEADERS) as http:
+            session = RawSession(http)
+            await session.initialize(a)
+            await session.notify(b, {"jsonrpc": "2.0", "method": "notifications/initialized"})
+            async with session.request(b, tool_call(1, "ask_roots")) as call:
+                async with await open_log(log_url) as log:
+                    await wait_for_record(log, asks_roots)
+                await answer_roots(session, b, a, None)
+                _, answer = await next_message(call)
     assert answer["id"] == 1 and answer["result"]["content"][0]["text"] == ROOT, answer
 
 
