@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 from aiohttp import web
 
@@ -11,21 +10,14 @@ from . import operations, sse, streamable_http, tools
 from .auth import build_authenticator
 from .dispatch import Dispatcher
 from .http import MAX_BODY, guards
-from .protocol.inbound import Inbound
 from .registry import SessionRegistry
 from .settings import Settings
-from .stateless import STATELESS, StatelessServer
+from .stateless import STATELESS, BuiltIn, StatelessBackend, StatelessServer
 from .streams import StreamLimits
 from .subscriptions import Subscriptions
+from .upstream_stateless import UpstreamStateless
 
 __all__ = ["build_app"]
-
-
-async def _built_in(inbound: Inbound, identity: str | None) -> dict[str, Any]:
-    """A 2026-07-28 request, answered by the built-in tools."""
-    reply = tools.answer(inbound.message)
-    assert reply is not None  # a request always has an answer
-    return reply
 
 
 def build_app(settings: Settings, *, worker_id: str | None = None) -> web.Application:
@@ -58,11 +50,11 @@ def build_app(settings: Settings, *, worker_id: str | None = None) -> web.Applic
     streamable_http.add_routes(app, registry, limits)
     operations.add_routes(app, registry, metrics)
     app[streamable_http.SESSION_ENDED] = dispatcher.end
-    subscriptions = Subscriptions(registry, tools.MODERN_CAPABILITIES, limits)
-    if settings.upstream is None:
-        app[STATELESS] = StatelessServer(
-            registry, _built_in, tools.MODERN_CAPABILITIES, subscriptions
-        )
+    backend: StatelessBackend = (
+        BuiltIn() if dispatcher.upstream is None else UpstreamStateless(dispatcher.upstream)
+    )
+    subscriptions = Subscriptions(registry, backend.capabilities, limits)
+    app[STATELESS] = StatelessServer(registry, backend, subscriptions)
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         await registry.initialize()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
@@ -22,9 +22,11 @@ from aiohttp_sse import sse_response
 
 from eventlog import LogUnavailable, StatelessAnswer, StatelessRequest
 
+from . import tools
 from .http import IDENTITY, unavailable
 from .protocol import (
     ALL_VERSIONS,
+    HANDSHAKE_VERSIONS,
     INTERNAL_ERROR,
     SERVER_INFO,
     error_response,
@@ -37,7 +39,14 @@ from .registry import SessionRegistry
 from .streams import KEEPALIVE, SEND_TIMEOUT
 from .subscriptions import Subscriptions
 
-__all__ = ["SERVER_INFO_KEY", "STATELESS", "StatelessHandler", "StatelessServer"]
+__all__ = [
+    "SERVER_INFO_KEY",
+    "STATELESS",
+    "BuiltIn",
+    "StatelessBackend",
+    "StatelessServer",
+    "discover_result",
+]
 
 logger = logging.getLogger("sessionlog.gateway")
 
@@ -56,30 +65,74 @@ CACHEABLE = frozenset(
 # Where a 2026-07-28 server names itself: the ``_meta`` of its discover result.
 SERVER_INFO_KEY = "io.modelcontextprotocol/serverInfo"
 
-# Answers one stateless request (the built-in tools, or the upstream): the JSON-RPC
-# answer for it.
-StatelessHandler = Callable[[Inbound, str | None], Awaitable[dict[str, Any]]]
+# Sends a message about a request before its answer (progress, a log line).
+SendRelated = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class StatelessBackend(Protocol):
+    """What answers 2026-07-28 requests: the built-in tools, or the upstream."""
+
+    # What listen streams can honor (the capabilities that changes are published for).
+    capabilities: dict[str, Any]
+
+    async def serves(self) -> bool:
+        """Whether 2026-07-28 requests can be answered (an upstream may speak only
+        the handshake versions)."""
+        ...
+
+    async def answer(
+        self, inbound: Inbound, identity: str | None, send_related: SendRelated
+    ) -> dict[str, Any]:
+        """The JSON-RPC answer to one request (``server/discover`` included)."""
+        ...
+
+
+def discover_result(capabilities: dict[str, Any]) -> dict[str, Any]:
+    """What ``server/discover`` says of the gateway itself."""
+    return {
+        # Every version served, as the -32022 error lists them: a client that cannot
+        # speak 2026-07-28 learns it may initialize instead.
+        "supportedVersions": list(ALL_VERSIONS),
+        "capabilities": capabilities,
+        "_meta": {SERVER_INFO_KEY: SERVER_INFO},
+    }
+
+
+class BuiltIn:
+    """The built-in tools, for 2026-07-28 requests."""
+
+    capabilities = tools.MODERN_CAPABILITIES
+
+    async def serves(self) -> bool:
+        return True
+
+    async def answer(
+        self, inbound: Inbound, identity: str | None, send_related: SendRelated
+    ) -> dict[str, Any]:
+        if inbound.method == "server/discover":
+            return result_response(inbound.id, discover_result(self.capabilities))
+        reply = tools.answer(inbound.message)
+        assert reply is not None  # a request always has an answer
+        return reply
 
 
 class StatelessServer:
     """Serves the 2026-07-28 POSTs of one worker."""
 
     def __init__(
-        self,
-        registry: SessionRegistry,
-        handler: StatelessHandler,
-        capabilities: dict[str, Any],
-        subscriptions: Subscriptions,
+        self, registry: SessionRegistry, backend: StatelessBackend, subscriptions: Subscriptions
     ) -> None:
         self.registry = registry
-        self.handler = handler
-        self.capabilities = capabilities
+        self.backend = backend
         self.subscriptions = subscriptions
         self._answering: set[asyncio.Task[bytes]] = set()  # kept from the GC
 
     async def __call__(
         self, request: web.Request, inbound: Inbound, accept: Accept
     ) -> web.StreamResponse:
+        if not await self.backend.serves():
+            # A client falls back to initialize, as the versions listed tell it to.
+            raise errors.unsupported_modern_version(inbound.version, HANDSHAKE_VERSIONS, inbound.id)
         if inbound.kind == "notification":
             # The revision defines no client notifications over HTTP (a client cancels
             # by closing its stream); acknowledged and dropped, as the SDK does.
@@ -88,55 +141,69 @@ class StatelessServer:
             return await self.subscriptions.listen(request, inbound, accept)
         if not accept.json and not accept.sse:
             raise errors.not_acceptable("application/json or text/event-stream")
-        identity = request[IDENTITY]
-        answering = asyncio.ensure_future(self._answer(inbound, identity))
+        # What is sent before the answer, then None once it is recorded.
+        related: asyncio.Queue[bytes | None] = asyncio.Queue()
+        answering = asyncio.ensure_future(self._answer(inbound, request[IDENTITY], related))
         self._answering.add(answering)
         answering.add_done_callback(self._answering.discard)
+        answering.add_done_callback(lambda _: related.put_nowait(None))
         try:
-            payload = await asyncio.shield(answering)
+            first = await related.get()
+            if first is None or not accept.sse:
+                # An answer alone is JSON when the client takes JSON (fewer bytes); a
+                # client that takes only JSON gets no related messages (they are recorded).
+                payload = await asyncio.shield(answering)
+                if accept.json:
+                    reply = orjson.loads(payload)
+                    code = reply["error"]["code"] if "error" in reply else None
+                    status = errors.modern_status(code) if code is not None else 200
+                    return web.Response(
+                        status=status, body=payload, content_type="application/json"
+                    )
         except LogUnavailable as exc:
             raise unavailable(exc) from None
-        if accept.json:
-            reply = orjson.loads(payload)
-            status = errors.modern_status(reply["error"]["code"]) if "error" in reply else 200
-            return web.Response(status=status, body=payload, content_type="application/json")
         async with sse_response(
             request, ping_interval=KEEPALIVE, send_timeout=SEND_TIMEOUT, allow_all_methods=True
         ) as stream:
-            await stream.send(payload.decode(), event="message")
+            while first is not None:
+                await stream.send(first.decode(), event="message")
+                first = await related.get()
+            try:
+                payload = await asyncio.shield(answering)
+            except LogUnavailable as exc:
+                unavailable(exc)  # the stream is open already: it ends without the answer
+            else:
+                await stream.send(payload.decode(), event="message")
         return stream
 
-    async def _answer(self, inbound: Inbound, identity: str | None) -> bytes:
-        """Record the request, answer it, record the answer; the answer's bytes."""
+    async def _answer(
+        self, inbound: Inbound, identity: str | None, related: asyncio.Queue[bytes | None]
+    ) -> bytes:
+        """Record the request, answer it, record the answer; the answer's bytes. What
+        is sent about it on the way is recorded, then queued for the client."""
         runtime = await self.registry.started()
         received = StatelessRequest(
             user=identity, payload=inbound.body, answered_by=runtime.worker_id
         )
         await runtime.log.append([received], worker=runtime.worker_id)
-        if inbound.method == "server/discover":
-            reply = result_response(inbound.id, self.discover())
-        else:
-            try:
-                reply = await self.handler(inbound, identity)
-            except LogUnavailable:
-                raise
-            except Exception:
-                logger.exception("a stateless %s failed", inbound.method)
-                reply = error_response(inbound.id, INTERNAL_ERROR, "Internal error")
+
+        async def send_related(message: dict[str, Any]) -> None:
+            payload = orjson.dumps(message)
+            note = StatelessAnswer(request=received.id, payload=payload, final=False)
+            await runtime.log.append([note], worker=runtime.worker_id)
+            related.put_nowait(payload)
+
+        try:
+            reply = await self.backend.answer(inbound, identity, send_related)
+        except LogUnavailable:
+            raise
+        except Exception:
+            logger.exception("a stateless %s failed", inbound.method)
+            reply = error_response(inbound.id, INTERNAL_ERROR, "Internal error")
         payload = orjson.dumps(_complete(reply, inbound.method))
         answer = StatelessAnswer(request=received.id, payload=payload)
         await runtime.log.append([answer], worker=runtime.worker_id)
         return payload
-
-    def discover(self) -> dict[str, Any]:
-        return {
-            # Every version served, as the -32022 error lists them: a client that
-            # cannot speak 2026-07-28 learns it may initialize instead.
-            "supportedVersions": list(ALL_VERSIONS),
-            "capabilities": self.capabilities,
-            "resultType": "complete",
-            "_meta": {SERVER_INFO_KEY: SERVER_INFO},
-        }
 
 
 def _complete(reply: dict[str, Any], method: str | None) -> dict[str, Any]:

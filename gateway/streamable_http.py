@@ -90,12 +90,7 @@ async def post(request: web.Request) -> web.StreamResponse:
         raise errors.unsupported_content_type()
     inbound = classify_post(await read_body(request), request.headers.items())
     if inbound.era == "modern":
-        stateless = request.app.get(STATELESS)
-        if stateless is None:
-            # Not served in front of this upstream yet: a client falls back to
-            # initialize, as the versions listed tell it to.
-            raise errors.unsupported_modern_version(inbound.version, HANDSHAKE_VERSIONS, inbound.id)
-        return await stateless(request, inbound, accept)
+        return await request.app[STATELESS](request, inbound, accept)
     if not (accept.json or accept.sse):
         raise errors.not_acceptable("application/json or text/event-stream")
     registry = request.app[REGISTRY]

@@ -297,17 +297,41 @@ class Upstream:
         _, response = await self._post(session, message, on_message, protocol_version)
         return response
 
+    async def exchange(
+        self,
+        body: bytes,
+        message: dict[str, Any],
+        protocol_version: str,
+        routing: dict[str, str],
+        on_message: OnMessage | None = None,
+    ) -> dict[str, Any]:
+        """POST one 2026-07-28 request as the client sent it (``body``, parsed as
+        ``message``), with its routing headers; its answer. As :meth:`forward`: what
+        comes before the answer goes to ``on_message``; a 4xx with a JSON-RPC error is
+        that error."""
+        _, response = await self._post(
+            None, message, on_message, protocol_version, body=body, routing=routing
+        )
+        assert response is not None  # a request always gets a response or an error raised
+        return response
+
     async def _post(
         self,
         session: str | None,
         message: dict[str, Any],
         on_message: OnMessage | None,
         protocol_version: str | None,
+        *,
+        body: bytes | None = None,
+        routing: dict[str, str] | None = None,
     ) -> tuple[str | None, dict[str, Any] | None]:
-        """forward(), also returning the Mcp-Session-Id the upstream answered with."""
+        """forward(), also returning the Mcp-Session-Id the upstream answered with.
+        ``body``: the message's bytes, when they are to go as received."""
         headers = self._headers(session, protocol_version, POST_ACCEPT)
         headers["Content-Type"] = JSON_TYPE
-        body = orjson.dumps(message)
+        headers.update(routing or {})
+        if body is None:
+            body = orjson.dumps(message)
         try:
             async with asyncio.timeout(self.timeout):
                 async with self._client().post(self.url, data=body, headers=headers) as response:

@@ -51,6 +51,7 @@ __all__ = [
     "unsupported_content_type",
     "unsupported_modern_version",
     "unsupported_version_header",
+    "upstream_unavailable",
 ]
 
 # The 2026-07-28 revision maps these JSON-RPC codes to HTTP statuses, whoever raised
@@ -208,6 +209,13 @@ def too_many_streams(limit: int) -> ProtocolError:
 def too_many_sessions() -> ProtocolError:
     return ProtocolError(
         503, INTERNAL_ERROR, "too many open sessions; retry later", headers={"Retry-After": "5"}
+    )
+
+
+def upstream_unavailable(reason: str) -> ProtocolError:
+    """The upstream MCP server cannot be asked what it serves (502, a retry hint)."""
+    return ProtocolError(
+        502, INTERNAL_ERROR, f"upstream unavailable: {reason}", headers={"Retry-After": "1"}
     )
 
 

@@ -55,6 +55,9 @@ NAME_BEARING: Mapping[str, str] = {
 }
 # Headers that route a request: a second copy would let two readers disagree.
 _ROUTING = (VERSION_HEADER.lower(), METHOD_HEADER.lower(), NAME_HEADER.lower())
+# What a 2026-07-28 tools/call mirrors of its arguments (checked by the server that
+# knows the tool's schema).
+PARAM_HEADER_PREFIX = "mcp-param-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +80,9 @@ class Inbound:
     body: bytes  # as received
     session_id: str | None  # handshake era: the session it belongs to (None: initialize)
     envelope: Envelope | None = None  # modern era, requests
+    # Modern era, requests: the headers that route it (Mcp-Method, Mcp-Name,
+    # Mcp-Param-*), as sent, for whoever it is forwarded to.
+    routing: tuple[tuple[str, str], ...] = ()
 
     @property
     def method(self) -> str | None:
@@ -234,4 +240,10 @@ def _modern(
     if envelope_version not in MODERN_VERSIONS:
         raise errors.unsupported_modern_version(envelope_version, request_id=request_id)
     envelope = Envelope(envelope_version, meta.get(CLIENT_INFO_KEY), meta[CAPABILITIES_KEY])
-    return Inbound("modern", envelope_version, kind, message, body, None, envelope)
+    routing = tuple(
+        (name, value)
+        for name, value in headers.items()
+        if name in (METHOD_HEADER.lower(), NAME_HEADER.lower())
+        or name.startswith(PARAM_HEADER_PREFIX)
+    )
+    return Inbound("modern", envelope_version, kind, message, body, None, envelope, routing)

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,8 @@ import aiohttp
 import mcp
 import orjson
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
 from eventlog import ChangePublished, StatelessAnswer, StatelessRequest, open_log
 from gateway import tools
@@ -30,6 +31,7 @@ from gateway.settings import Settings
 from tests.gateway.helpers import HANG_GUARD
 from tests.gateway.serving import serve_process
 from tests.gateway.test_http_input import initialize, log_url, serving
+from tests.sdk_server import start_sdk_server, stop_sdk_server
 
 MODERN = "2026-07-28"
 ENVELOPE = {
@@ -179,14 +181,96 @@ async def test_every_request_and_answer_is_recorded_with_its_caller(tmp_path: Pa
     assert b"s3cret" not in b"".join(e.payload for e in [*requests, *answers])
 
 
-async def test_with_an_upstream_a_modern_client_is_told_to_fall_back(tmp_path: Path) -> None:
-    """Until 2026 requests are bridged to an upstream, the versions listed are the
-    handshake ones, which tells a client (the SDK's, say) to initialize instead."""
+async def test_an_unreachable_upstream_is_a_502(tmp_path: Path) -> None:
     settings = Settings(log_url=log_url(tmp_path), upstream="http://127.0.0.1:9/mcp")
     async with serving(settings) as client:
-        status, reply = await call(client, "/mcp", "server/discover")
-    assert (status, reply["error"]["code"]) == (400, UNSUPPORTED_PROTOCOL_VERSION)
+        status, reply = await call(client, "/mcp", "tools/list")
+    assert (status, reply["id"], reply["error"]["code"]) == (502, None, -32603)
+    assert "upstream unavailable" in reply["error"]["message"]
+
+
+@contextlib.asynccontextmanager
+async def handshake_only_upstream() -> AsyncIterator[str]:
+    """An upstream that knows nothing of 2026-07-28 (as the TypeScript SDK 1.x): a
+    request without a session is refused."""
+
+    async def refuse(request: web.Request) -> web.Response:
+        error = {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "no session"}}
+        return web.json_response(error, status=400)
+
+    app = web.Application()
+    app.router.add_post("/mcp", refuse)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield str(server.make_url("/mcp"))
+    finally:
+        await server.close()
+
+
+async def test_before_an_older_upstream_a_modern_client_is_told_to_fall_back(
+    tmp_path: Path,
+) -> None:
+    """2026 requests are not bridged to an older upstream yet: the versions listed
+    are the handshake ones, which tells a client (the SDK's, say) to initialize."""
+    async with handshake_only_upstream() as upstream:
+        settings = Settings(log_url=log_url(tmp_path), upstream=upstream)
+        async with serving(settings) as client:
+            status, reply = await call(client, "/mcp", "server/discover")
+    assert (status, reply["id"], reply["error"]["code"]) == (400, 1, UNSUPPORTED_PROTOCOL_VERSION)
     assert MODERN not in reply["error"]["data"]["supported"]
+
+
+@pytest.fixture(scope="module")
+def sdk_upstream() -> Iterator[str]:
+    process, url = start_sdk_server(json_response=False)
+    yield url
+    stop_sdk_server(process)
+
+
+async def test_a_modern_upstream_gets_the_requests_as_sent(
+    tmp_path: Path, sdk_upstream: str
+) -> None:
+    """Through two gateways on one log, the SDK's default client speaks 2026-07-28
+    with the SDK's server behind them: its tools, its answers, its progress; each
+    request and answer recorded."""
+    url = f"sqlite:///{tmp_path}/log.db"
+    progress: list[float] = []
+
+    async def on_progress(done: float, total: float | None, text: str | None) -> None:
+        progress.append(done)
+
+    with (
+        serve_process(url, "--upstream", sdk_upstream) as a,
+        serve_process(url, "--upstream", sdk_upstream) as b,
+    ):
+        for base in (a.url, b.url):
+            async with mcp.Client(f"{base}/mcp", read_timeout_seconds=10) as client:
+                assert client.protocol_version == MODERN
+                assert client.server_info is not None
+                assert client.server_info.name == "upstream-test"
+                names = [t.name for t in (await client.list_tools()).tools]
+                assert names == ["echo", "chatty_echo", "touch_tools", "gate"]
+                progress.clear()
+                result = await client.call_tool(
+                    "chatty_echo", {"text": base}, progress_callback=on_progress
+                )
+                assert (result.content[0].text, progress) == (base, [1.0])
+        async with aiohttp.ClientSession() as http:
+            status, discovered = await call(http, f"{a.url}/mcp", "server/discover")
+    assert status == 200
+    # The upstream's answer, listing the handshake versions too: a client may also
+    # initialize a session through the gateway.
+    assert discovered["result"]["supportedVersions"][0] == MODERN
+    assert "2025-11-25" in discovered["result"]["supportedVersions"]
+    log = await open_log(url)
+    try:
+        found = [r.event for r in await log.read(after=0, limit=10_000)]
+    finally:
+        await log.close()
+    calls = [e for e in found if isinstance(e, StatelessRequest) and b"chatty_echo" in e.payload]
+    notes = [e for e in found if isinstance(e, StatelessAnswer) and not e.final]
+    assert len(calls) == 2 and {n.request for n in notes} == {c.id for c in calls}
 
 
 async def test_the_sdk_client_speaks_2026_to_two_gateway_processes(tmp_path: Path) -> None:
