@@ -15,6 +15,7 @@ from .settings import Settings
 from .stateless import STATELESS, BuiltIn, StatelessBackend, StatelessServer
 from .streams import StreamLimits
 from .subscriptions import Subscriptions
+from .upstream_changes import ChangesRelay
 from .upstream_stateless import UpstreamStateless
 
 __all__ = ["build_app"]
@@ -50,10 +51,12 @@ def build_app(settings: Settings, *, worker_id: str | None = None) -> web.Applic
     streamable_http.add_routes(app, registry, limits)
     operations.add_routes(app, registry, metrics)
     app[streamable_http.SESSION_ENDED] = dispatcher.end
-    backend: StatelessBackend = (
-        BuiltIn() if dispatcher.upstream is None else UpstreamStateless(dispatcher.upstream)
-    )
-    subscriptions = Subscriptions(registry, backend.capabilities, limits)
+    backend: StatelessBackend = BuiltIn()
+    relay: ChangesRelay | None = None
+    if dispatcher.upstream is not None:
+        backend = UpstreamStateless(dispatcher.upstream)
+        relay = ChangesRelay(backend)
+    subscriptions = Subscriptions(registry, lambda: backend.capabilities, limits)
     app[STATELESS] = StatelessServer(registry, backend, subscriptions)
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
@@ -61,7 +64,11 @@ def build_app(settings: Settings, *, worker_id: str | None = None) -> web.Applic
         registry.runtime.delivery_observer = metrics.delivery_latency.observe
         dispatcher.attach(registry.runtime)
         subscriptions.attach()
+        if relay is not None:
+            relay.attach(registry.runtime)
         yield
+        if relay is not None:
+            await relay.close()
         await registry.shutdown()
         await dispatcher.close()
 
@@ -69,6 +76,8 @@ def build_app(settings: Settings, *, worker_id: str | None = None) -> web.Applic
         # Before the server waits for open requests: ends every stream it holds, so a
         # SIGTERM does not wait on clients, and records this worker's stop.
         subscriptions.close()
+        if relay is not None:
+            await relay.close()
         await registry.shutdown()
 
     app.cleanup_ctx.append(lifetime)

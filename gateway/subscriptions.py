@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +33,7 @@ from .protocol.inbound import Inbound
 from .registry import SessionRegistry
 from .streams import KEEPALIVE, SEND_TIMEOUT, StreamLimits
 
-__all__ = ["LISTEN_FILTERS", "Subscriptions"]
+__all__ = ["LISTEN_FILTERS", "SUBSCRIPTION_ID_KEY", "Subscriptions"]
 
 logger = logging.getLogger("sessionlog.gateway")
 
@@ -67,7 +68,10 @@ class Subscriptions:
     """The listen streams one worker holds, and what it honors of their filters."""
 
     def __init__(
-        self, registry: SessionRegistry, capabilities: dict[str, Any], limits: StreamLimits
+        self,
+        registry: SessionRegistry,
+        capabilities: Callable[[], dict[str, Any]],
+        limits: StreamLimits,
     ) -> None:
         self.registry = registry
         self.capabilities = capabilities
@@ -96,17 +100,17 @@ class Subscriptions:
                 listener.put_nowait(record)
 
     def honored(self, requested: dict[str, Any]) -> dict[str, Any]:
-        """The part of a requested filter that this gateway serves (what its
-        capabilities cover); unknown keys are dropped."""
-        honored: dict[str, Any] = {
+        """The part of a requested filter that this gateway serves: the list changes
+        its capabilities announce. Resource subscriptions by URI are not honored (no
+        change is published per resource yet); unknown keys are dropped."""
+        capabilities = self.capabilities()
+        return {
             key: True
             for key, (_, capability) in LISTEN_FILTERS.items()
-            if requested.get(key) is True and capability in self.capabilities
+            if requested.get(key) is True
+            and isinstance(capabilities.get(capability), dict)
+            and capabilities[capability].get("listChanged")
         }
-        uris = requested.get("resourceSubscriptions")
-        if "resources" in self.capabilities and isinstance(uris, list) and uris:
-            honored["resourceSubscriptions"] = [uri for uri in uris if isinstance(uri, str)]
-        return honored
 
     async def listen(
         self, request: web.Request, inbound: Inbound, accept: Accept

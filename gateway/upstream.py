@@ -315,6 +315,27 @@ class Upstream:
         assert response is not None  # a request always gets a response or an error raised
         return response
 
+    async def subscribe(
+        self, body: bytes, routing: dict[str, str], protocol_version: str, on_message: OnMessage
+    ) -> None:
+        """Hold a 2026-07-28 ``subscriptions/listen`` stream (``body``, the request) and
+        pass every message on it to ``on_message`` until the upstream ends it. Raises
+        UpstreamError if it is refused or breaks."""
+        headers = self._headers(None, protocol_version, POST_ACCEPT)
+        headers["Content-Type"] = JSON_TYPE
+        headers.update(routing)
+        try:
+            async with asyncio.timeout(self.timeout):
+                response = await self._client().post(self.url, data=body, headers=headers)
+            async with response:
+                if response.status != 200 or response.content_type != SSE_TYPE:
+                    raise self._status_error(response, await _read_body(response))
+                async for event in _sse_events(response, SSEParser()):
+                    for item in _messages(event.data, f"an event from {self.url}"):
+                        await on_message(item)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise self._failure(exc) from exc
+
     async def _post(
         self,
         session: str | None,

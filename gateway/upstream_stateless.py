@@ -17,26 +17,36 @@ from typing import Any
 
 import orjson
 
-from .protocol import HANDSHAKE_VERSIONS, INTERNAL_ERROR, error_response, errors
+from .protocol import HANDSHAKE_VERSIONS, INTERNAL_ERROR, SERVER_INFO, error_response, errors
 from .protocol.inbound import CAPABILITIES_KEY, CLIENT_INFO_KEY, VERSION_KEY, Inbound
 from .protocol.versions import MODERN_VERSIONS
 from .stateless import SendRelated
+from .subscriptions import LISTEN_FILTERS
 from .upstream import Upstream, UpstreamError
 
 __all__ = ["UpstreamStateless"]
 
 DISCOVER_ID = "sessionlog-discover"
+LISTEN_ID = "sessionlog-changes"
+
+
+def _envelope() -> dict[str, Any]:
+    """The gateway's own 2026-07-28 envelope, for what it asks the upstream itself."""
+    return {
+        VERSION_KEY: MODERN_VERSIONS[0],
+        CAPABILITIES_KEY: {},
+        CLIENT_INFO_KEY: SERVER_INFO,
+    }
 
 
 class UpstreamStateless:
     """The upstream, for 2026-07-28 requests."""
 
-    # Listen streams honor nothing here: the upstream's changes are not relayed to the
-    # log yet, so nothing would reach them.
-    capabilities: dict[str, Any] = {}
-
     def __init__(self, upstream: Upstream) -> None:
         self.upstream = upstream
+        # What the upstream's discover declared: the changes listen streams can
+        # honor (relayed to the log by :mod:`.upstream_changes`).
+        self.capabilities: dict[str, Any] = {}
         self._modern: bool | None = None  # known once the upstream has answered
         self._asking = asyncio.Lock()
 
@@ -46,18 +56,31 @@ class UpstreamStateless:
                 self._modern = await self._discovers()
         return self._modern
 
+    def listen_request(self) -> dict[str, Any] | None:
+        """A ``subscriptions/listen`` for every change the upstream announces (None:
+        it announces none)."""
+        wanted = {
+            key: True
+            for key, (_, capability) in LISTEN_FILTERS.items()
+            if isinstance(self.capabilities.get(capability), dict)
+            and self.capabilities[capability].get("listChanged")
+        }
+        if not wanted:
+            return None
+        return {
+            "jsonrpc": "2.0",
+            "id": LISTEN_ID,
+            "method": "subscriptions/listen",
+            "params": {"notifications": wanted, "_meta": _envelope()},
+        }
+
     async def _discovers(self) -> bool:
         version = MODERN_VERSIONS[0]
-        meta = {
-            VERSION_KEY: version,
-            CAPABILITIES_KEY: {},
-            CLIENT_INFO_KEY: {"name": "sessionlog", "version": "0"},
-        }
         message = {
             "jsonrpc": "2.0",
             "id": DISCOVER_ID,
             "method": "server/discover",
-            "params": {"_meta": meta},
+            "params": {"_meta": _envelope()},
         }
         try:
             reply = await self.upstream.exchange(
@@ -68,7 +91,12 @@ class UpstreamStateless:
             raise errors.upstream_unavailable(str(exc)) from None
         result = reply.get("result")
         versions = result.get("supportedVersions") if isinstance(result, dict) else None
-        return isinstance(versions, list) and version in versions
+        if not (isinstance(versions, list) and version in versions):
+            return False
+        assert isinstance(result, dict)
+        capabilities = result.get("capabilities")
+        self.capabilities = capabilities if isinstance(capabilities, dict) else {}
+        return True
 
     async def answer(
         self, inbound: Inbound, identity: str | None, send_related: SendRelated

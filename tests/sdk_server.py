@@ -43,8 +43,10 @@ async def chatty_echo(text: str, ctx: Context) -> str:
 
 @server.tool()
 async def touch_tools(ctx: Context) -> str:
-    """Sends tools/list_changed on the session's standalone (GET) stream."""
+    """Announces a tools list change: on the session's standalone (GET) stream, and
+    to subscriptions/listen streams (2026-07-28)."""
     await ctx.session.send_tool_list_changed()
+    await ctx.notify_tools_changed()
     return "sent"
 
 

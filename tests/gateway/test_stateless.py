@@ -19,7 +19,14 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from eventlog import ChangePublished, StatelessAnswer, StatelessRequest, open_log
+from eventlog import (
+    ChangePublished,
+    OwnerClaimed,
+    StatelessAnswer,
+    StatelessRequest,
+    WorkerStarted,
+    open_log,
+)
 from gateway import tools
 from gateway.protocol import (
     HEADER_MISMATCH,
@@ -28,6 +35,7 @@ from gateway.protocol import (
 )
 from gateway.protocol.sse_codec import SSEEvent, SSEParser
 from gateway.settings import Settings
+from gateway.upstream_changes import RELAY_KEY
 from tests.gateway.helpers import HANG_GUARD
 from tests.gateway.serving import serve_process
 from tests.gateway.test_http_input import initialize, log_url, serving
@@ -415,3 +423,79 @@ async def test_a_stopping_worker_ends_listen_streams_with_a_result(tmp_path: Pat
         "id": 7,
         "result": {"resultType": "complete", "_meta": {SUBSCRIPTION_ID: 7}},
     }
+
+
+FAST_HEARTBEATS = {"SESSIONLOG_HEARTBEAT_INTERVAL": "0.2"}
+
+
+async def relay_holder(url: str) -> int:
+    """The pid of the gateway holding the upstream's listen stream (the log says)."""
+    log = await open_log(url)
+    try:
+        found = await log.read(after=0, limit=10_000)
+    finally:
+        await log.close()
+    pids = {r.worker: r.event.pid for r in found if isinstance(r.event, WorkerStarted)}
+    claims = [
+        r.event.owner
+        for r in found
+        if isinstance(r.event, OwnerClaimed) and r.event.session_id == RELAY_KEY
+    ]
+    return pids[claims[-1]]
+
+
+async def head(url: str) -> int:
+    log = await open_log(url)
+    try:
+        return await log.head()
+    finally:
+        await log.close()
+
+
+async def changed_until_heard(
+    client: mcp.Client, listeners: list[Listener], after: int = 0
+) -> None:
+    """Make the upstream announce a tools change until every listener hears one
+    recorded after log position ``after``: a change announced while no relay holds
+    the upstream's stream is missed (level triggers)."""
+    for listener in listeners:
+        heard = False
+        while not heard:
+            await client.call_tool("touch_tools", {})
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    while not heard:
+                        event_id, change = await listener.next()
+                        assert change["method"] == TOOLS_CHANGED["method"], change
+                        heard = int(event_id or 0) > after
+
+
+async def test_the_upstreams_changes_reach_listeners_on_every_worker(
+    tmp_path: Path, sdk_upstream: str
+) -> None:
+    """One gateway holds the upstream's listen stream and records its changes; the
+    listeners on both gateways hear them; kill -9 that gateway and the other takes
+    the relay over."""
+    url = f"sqlite:///{tmp_path}/log.db"
+    args = ("--upstream", sdk_upstream)
+    with (
+        serve_process(url, *args, env=FAST_HEARTBEATS) as a,
+        serve_process(url, *args, env=FAST_HEARTBEATS) as b,
+    ):
+        async with aiohttp.ClientSession() as http:
+            async with (
+                listening(http, f"{a.url}/mcp", "on-a", toolsListChanged=True) as on_a,
+                listening(http, f"{b.url}/mcp", "on-b", toolsListChanged=True) as on_b,
+                mcp.Client(f"{a.url}/mcp", read_timeout_seconds=10) as client_a,
+            ):
+                for listener in (on_a, on_b):
+                    _, ack = await listener.next()
+                    assert ack["params"]["notifications"] == {"toolsListChanged": True}
+                await changed_until_heard(client_a, [on_a, on_b])
+                holder = await relay_holder(url)
+                survivor, listener = (b, on_b) if holder == a.process.pid else (a, on_a)
+                os.kill(holder, signal.SIGKILL)
+                killed_at = await head(url)
+                async with mcp.Client(f"{survivor.url}/mcp", read_timeout_seconds=10) as client:
+                    await changed_until_heard(client, [listener], after=killed_at)
+        assert await relay_holder(url) == survivor.process.pid

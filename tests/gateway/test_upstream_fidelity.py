@@ -332,7 +332,11 @@ async def test_a_killed_listener_is_taken_over(shared_log_url: str, upstream_url
     log = await records(shared_log_url)
     [opened] = [r for r in log if isinstance(r.event, UpstreamSessionOpened)]
     claims = [
-        r.event for r in log if isinstance(r.event, OwnerClaimed) and r.event.role == "listener"
+        r.event
+        for r in log
+        if isinstance(r.event, OwnerClaimed)
+        and r.event.role == "listener"
+        and r.event.session_id == opened.event.session_id
     ]
     assert [(c.previous, c.owner) for c in claims] == [
         (None, opened.worker),
