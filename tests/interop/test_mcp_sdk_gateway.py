@@ -163,8 +163,9 @@ async def test_the_upstreams_own_messages_reach_the_clients_stream(
     tmp_path: Path, sdk_upstream: str, kind: str
 ) -> None:
     """touch_tools makes the upstream send tools/list_changed on its standalone stream,
-    which the worker holding the client's stream relays; the upstream drops it if its
-    stream is not open yet, so the call is repeated until one arrives."""
+    which the worker listening to it records and the worker holding the client's
+    stream sends; the client's own GET may open after the first call's change, so the
+    call is repeated until one arrives."""
     changed = asyncio.Event()
 
     async def on_message(message: Any) -> None:
