@@ -168,10 +168,12 @@ async def get(request: web.Request) -> web.StreamResponse:
         raise unavailable(exc) from None
     if message_id is not None:
         return await _resume_request(request, registry, session_id, message_id, after or 0)
-    if after is None and session.owner is not None:
+    if after is None:
+        # Held here is known at once; held elsewhere, once the claim is folded.
         held_here = registry.get_session_sync(session_id) is not None
-        if held_here or runtime.projection.is_alive(
-            session.owner, runtime.clock(), runtime.worker_ttl
+        if held_here or (
+            session.owner is not None
+            and runtime.projection.is_alive(session.owner, runtime.clock(), runtime.worker_ttl)
         ):
             raise errors.conflicting_stream()
     if after is None:
