@@ -126,6 +126,10 @@ class UpstreamListeners:
             listening.task.cancel()
             if session is None:  # closed: its claim is of no use to anyone now
                 self._spawn(self._release(session_id))
+                if runtime.projection.state.closed.get(session_id) != "client":
+                    # Expired or gone with its stream: end its upstream session too (a
+                    # client's DELETE has ended it already), here, by the one listener.
+                    self._spawn(self.upstream.end_session(listening.upstream_session))
         if wanted is not None and session_id not in self._listening:
             assert session is not None
             opened = asyncio.Event()

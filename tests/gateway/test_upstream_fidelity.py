@@ -392,6 +392,7 @@ class VersionedUpstream:
         self.posts: list[tuple[Any, dict[str, Any]]] = []
         self.gets: list[Any] = []
         self.deleted: list[str | None] = []
+        self.was_deleted = asyncio.Event()
 
     async def post(self, request: web.Request) -> web.Response:
         message = await request.json()
@@ -409,6 +410,7 @@ class VersionedUpstream:
 
     async def delete(self, request: web.Request) -> web.Response:
         self.deleted.append(request.headers.get("Mcp-Session-Id"))
+        self.was_deleted.set()
         return web.Response()
 
     @contextlib.asynccontextmanager
@@ -462,3 +464,23 @@ async def test_a_version_the_gateway_does_not_speak_is_an_error(tmp_path: Path) 
     assert upstream.deleted == [VersionedUpstream.SESSION]
     log = await records(log_url)
     assert not [r for r in log if isinstance(r.event, UpstreamSessionOpened)]
+
+
+async def test_a_session_gone_with_its_stream_ends_its_upstream_session(tmp_path: Path) -> None:
+    """An HTTP+SSE session closes when its stream does (as an expired one closes): its
+    listener ends the upstream session too, not only a client's DELETE."""
+    upstream = VersionedUpstream("2024-11-05")
+    async with upstream.serving() as url:
+        with serve(f"sqlite:///{tmp_path}/log.db", "--upstream", url) as base:
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"{base}/sse") as stream:
+                    received = events(stream)
+                    endpoint = await asyncio.wait_for(anext(received), HANG_GUARD)
+                    assert endpoint.event == "endpoint"
+                    opening = initialize("2024-11-05")
+                    async with http.post(f"{base}{endpoint.data}", json=opening) as posted:
+                        assert posted.status == 202
+                    answer = await asyncio.wait_for(anext(received), HANG_GUARD)
+                    assert orjson.loads(answer.data)["result"] == upstream.result
+                await asyncio.wait_for(upstream.was_deleted.wait(), HANG_GUARD)
+    assert upstream.deleted == [VersionedUpstream.SESSION]
