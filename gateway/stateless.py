@@ -2,8 +2,10 @@
 
 Each request stands alone: no ``initialize``, no session; the inbound ladder has
 already checked its ``_meta`` envelope and headers. The worker it reaches records it
-(with the caller's identity, as it was sent), answers it, records the answer, and
-sends it back as JSON, or as one SSE event when the client takes only SSE. So
+(with the caller's identity, as it was sent), has its backend answer it (the
+built-in tools, or the upstream), records the answer, and sends it back: as JSON,
+or as an SSE stream when what comes before the answer (progress) is to be streamed
+or the client takes only SSE. What comes before the answer is recorded too. So
 ``sessionlog replay`` audits stateless traffic as it does sessions. An answer is
 carried on to its record even if the client goes away. ``subscriptions/listen`` is
 the one long-lived request: :mod:`gateway.subscriptions` serves it.
