@@ -36,7 +36,7 @@ class Target:
 TARGETS = {
     target.name: target
     for target in (
-        Target("ts", "TypeScript SDK everything server"),
+        Target("ts", "TypeScript SDK 1.x everything server"),
         Target("sessionlog+ts", "sessionlog -> TypeScript SDK server", "ts", gateway=True),
         Target("ts2", "TypeScript SDK v2 everything server"),
         Target("sessionlog+ts2", "sessionlog -> TypeScript SDK v2 server", "ts2", gateway=True),
