@@ -28,7 +28,6 @@ from . import tools
 from .http import IDENTITY, unavailable
 from .protocol import (
     ALL_VERSIONS,
-    HANDSHAKE_VERSIONS,
     INTERNAL_ERROR,
     SERVER_INFO,
     error_response,
@@ -77,9 +76,12 @@ class StatelessBackend(Protocol):
     # What listen streams can honor (the capabilities that changes are published for).
     capabilities: dict[str, Any]
 
-    async def serves(self) -> bool:
-        """Whether 2026-07-28 requests can be answered (an upstream may speak only
-        the handshake versions)."""
+    async def ready(self) -> None:
+        """Return once requests can be answered.
+
+        Raises:
+            ProtocolError: they cannot be now (an upstream that cannot be reached).
+        """
         ...
 
     async def answer(
@@ -105,8 +107,8 @@ class BuiltIn:
 
     capabilities = tools.MODERN_CAPABILITIES
 
-    async def serves(self) -> bool:
-        return True
+    async def ready(self) -> None:
+        pass
 
     async def answer(
         self, inbound: Inbound, identity: str | None, send_related: SendRelated
@@ -132,9 +134,7 @@ class StatelessServer:
     async def __call__(
         self, request: web.Request, inbound: Inbound, accept: Accept
     ) -> web.StreamResponse:
-        if not await self.backend.serves():
-            # A client falls back to initialize, as the versions listed tell it to.
-            raise errors.unsupported_modern_version(inbound.version, HANDSHAKE_VERSIONS, inbound.id)
+        await self.backend.ready()
         if inbound.kind == "notification":
             # The revision defines no client notifications over HTTP (a client cancels
             # by closing its stream); acknowledged and dropped, as the SDK does.

@@ -116,7 +116,7 @@ class ChangesRelay:
         delay = RETRY_FIRST
         while True:
             try:
-                if await self.backend.serves():
+                if await self.backend.modern():
                     request = self.backend.listen_request()
                     if request is None:
                         return  # the upstream announces no changes
@@ -130,7 +130,7 @@ class ChangesRelay:
                 else:
                     return  # an older upstream: nothing to relay
             except (UpstreamError, LogUnavailable, ProtocolError) as exc:
-                # ProtocolError: serves() could not reach the upstream to ask.
+                # ProtocolError: modern() could not reach the upstream to ask.
                 logger.warning("the upstream's changes: %s", exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX)

@@ -5,9 +5,15 @@ once) gets each request as the client sent it, bytes and routing headers
 (``Mcp-Method``, ``Mcp-Name``, ``Mcp-Param-*``) alike, so what it checks and answers
 is what the client sees; what it streams before the answer (progress) passes on.
 Its ``server/discover`` answer passes on too, listing the handshake versions as well:
-through the gateway a client may also initialize a session. An upstream that speaks
-only the handshake versions is not bridged yet: the gateway then answers 2026-07-28
-requests with -32022 naming the handshake versions, and clients initialize instead.
+through the gateway a client may also initialize a session.
+
+An upstream that speaks only the handshake versions is bridged: each request gets an
+upstream session of its own (initialized with the client's envelope, ended after the
+answer), so requests stay as independent as the revision makes them, and no two
+clients' request ids can meet in one session. What the upstream streams before the
+answer passes on; a request it makes of the client is refused at once (a 2026-07-28
+client has no back channel to answer it on). ``server/discover`` is answered from
+the upstream's initialize result, less the change notices the bridge cannot deliver.
 """
 
 from __future__ import annotations
@@ -17,10 +23,20 @@ from typing import Any
 
 import orjson
 
-from .protocol import HANDSHAKE_VERSIONS, INTERNAL_ERROR, SERVER_INFO, error_response, errors
+from .protocol import (
+    ALL_VERSIONS,
+    HANDSHAKE_VERSIONS,
+    INTERNAL_ERROR,
+    LATEST_HANDSHAKE_VERSION,
+    METHOD_NOT_FOUND,
+    SERVER_INFO,
+    error_response,
+    errors,
+    result_response,
+)
 from .protocol.inbound import CAPABILITIES_KEY, CLIENT_INFO_KEY, VERSION_KEY, Inbound
 from .protocol.versions import MODERN_VERSIONS
-from .stateless import SendRelated
+from .stateless import SERVER_INFO_KEY, SendRelated
 from .subscriptions import LISTEN_FILTERS
 from .upstream import Upstream, UpstreamError
 
@@ -28,6 +44,7 @@ __all__ = ["UpstreamStateless"]
 
 DISCOVER_ID = "sessionlog-discover"
 LISTEN_ID = "sessionlog-changes"
+NO_BACK_CHANNEL = "a 2026-07-28 client cannot be asked: it has no back channel"
 
 
 def _envelope() -> dict[str, Any]:
@@ -50,7 +67,13 @@ class UpstreamStateless:
         self._modern: bool | None = None  # known once the upstream has answered
         self._asking = asyncio.Lock()
 
-    async def serves(self) -> bool:
+    async def ready(self) -> None:
+        """Once the upstream has said which revisions it speaks: either way the
+        gateway serves 2026-07-28 requests in front of it."""
+        await self.modern()
+
+    async def modern(self) -> bool:
+        """Whether the upstream speaks 2026-07-28 itself (asked once)."""
         async with self._asking:
             if self._modern is None:
                 self._modern = await self._discovers()
@@ -101,6 +124,8 @@ class UpstreamStateless:
     async def answer(
         self, inbound: Inbound, identity: str | None, send_related: SendRelated
     ) -> dict[str, Any]:
+        if not await self.modern():
+            return await self._bridged(inbound, send_related)
         try:
             reply = await self.upstream.exchange(
                 inbound.body,
@@ -120,3 +145,65 @@ class UpstreamStateless:
                     *(v for v in HANDSHAKE_VERSIONS if v not in versions),
                 ]
         return reply
+
+    async def _bridged(self, inbound: Inbound, send_related: SendRelated) -> dict[str, Any]:
+        """The answer of an upstream that speaks only the handshake versions, through a
+        session opened for this one request."""
+        envelope = inbound.envelope
+        assert envelope is not None  # a request past the ladder has one
+        params = {
+            "protocolVersion": LATEST_HANDSHAKE_VERSION,
+            "capabilities": envelope.capabilities
+            if isinstance(envelope.capabilities, dict)
+            else {},
+            "clientInfo": (
+                envelope.client_info if isinstance(envelope.client_info, dict) else SERVER_INFO
+            ),
+        }
+        session: str | None = None
+        try:
+            session, result = await self.upstream.open_session(params)
+            if inbound.method == "server/discover":
+                return result_response(inbound.id, _discover_result(result))
+            version = result.get("protocolVersion")
+            version = version if isinstance(version, str) else None
+
+            async def on_message(message: dict[str, Any]) -> None:
+                if "method" in message and "id" in message:
+                    refusal = error_response(message["id"], METHOD_NOT_FOUND, NO_BACK_CHANNEL)
+                    await self.upstream.forward(session, refusal, protocol_version=version)
+                else:
+                    await send_related(message)
+
+            reply = await self.upstream.forward(session, inbound.message, on_message, version)
+            assert reply is not None  # a request always gets a response or an error raised
+            return reply
+        except UpstreamError as exc:
+            return error_response(inbound.id, INTERNAL_ERROR, f"upstream unavailable: {exc}")
+        finally:
+            if session:
+                await self.upstream.end_session(session)
+
+
+def _discover_result(initialized: dict[str, Any]) -> dict[str, Any]:
+    """``server/discover`` for a bridged upstream, from its initialize result: what
+    it serves, less the change notices (``listChanged``, ``subscribe``) that the
+    bridge cannot deliver."""
+    capabilities = initialized.get("capabilities")
+    declared = capabilities if isinstance(capabilities, dict) else {}
+    served = {
+        name: (
+            {k: v for k, v in value.items() if k not in ("listChanged", "subscribe")}
+            if isinstance(value, dict)
+            else value
+        )
+        for name, value in declared.items()
+    }
+    result: dict[str, Any] = {
+        "supportedVersions": list(ALL_VERSIONS),
+        "capabilities": served,
+        "_meta": {SERVER_INFO_KEY: initialized.get("serverInfo") or SERVER_INFO},
+    }
+    if isinstance(initialized.get("instructions"), str):
+        result["instructions"] = initialized["instructions"]
+    return result

@@ -16,8 +16,7 @@ import aiohttp
 import mcp
 import orjson
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from eventlog import (
     ChangePublished,
@@ -39,6 +38,7 @@ from gateway.upstream_changes import RELAY_KEY
 from tests.gateway.helpers import HANG_GUARD
 from tests.gateway.serving import serve_process
 from tests.gateway.test_http_input import initialize, log_url, serving
+from tests.gateway.test_upstream_fidelity import VersionedUpstream
 from tests.sdk_server import start_sdk_server, stop_sdk_server
 
 MODERN = "2026-07-28"
@@ -197,36 +197,29 @@ async def test_an_unreachable_upstream_is_a_502(tmp_path: Path) -> None:
     assert "upstream unavailable" in reply["error"]["message"]
 
 
-@contextlib.asynccontextmanager
-async def handshake_only_upstream() -> AsyncIterator[str]:
-    """An upstream that knows nothing of 2026-07-28 (as the TypeScript SDK 1.x): a
-    request without a session is refused."""
-
-    async def refuse(request: web.Request) -> web.Response:
-        error = {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "no session"}}
-        return web.json_response(error, status=400)
-
-    app = web.Application()
-    app.router.add_post("/mcp", refuse)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield str(server.make_url("/mcp"))
-    finally:
-        await server.close()
-
-
-async def test_before_an_older_upstream_a_modern_client_is_told_to_fall_back(
-    tmp_path: Path,
-) -> None:
-    """2026 requests are not bridged to an older upstream yet: the versions listed
-    are the handshake ones, which tells a client (the SDK's, say) to initialize."""
-    async with handshake_only_upstream() as upstream:
-        settings = Settings(log_url=log_url(tmp_path), upstream=upstream)
-        async with serving(settings) as client:
-            status, reply = await call(client, "/mcp", "server/discover")
-    assert (status, reply["id"], reply["error"]["code"]) == (400, 1, UNSUPPORTED_PROTOCOL_VERSION)
-    assert MODERN not in reply["error"]["data"]["supported"]
+async def test_an_older_upstream_is_bridged_one_session_a_request(tmp_path: Path) -> None:
+    """An upstream that speaks only the handshake versions: the SDK's default client
+    still speaks 2026-07-28 through the gateway; each request gets an upstream session
+    of its own, ended after its answer; discover comes from the upstream's initialize."""
+    upstream = VersionedUpstream("2025-06-18")
+    async with upstream.serving() as url:
+        with serve_process(f"sqlite:///{tmp_path}/log.db", "--upstream", url) as gateway:
+            async with mcp.Client(f"{gateway.url}/mcp", read_timeout_seconds=10) as client:
+                assert client.protocol_version == MODERN
+                assert client.server_info is not None and client.server_info.name == "versioned"
+                assert (await client.list_tools()).tools == []
+            async with aiohttp.ClientSession() as http:
+                status, discovered = await call(http, f"{gateway.url}/mcp", "server/discover")
+    assert status == 200
+    result = discovered["result"]
+    assert MODERN in result["supportedVersions"] and "2025-06-18" in result["supportedVersions"]
+    assert result["capabilities"] == upstream.result["capabilities"]
+    assert result["instructions"] == upstream.result["instructions"]
+    initializes = [m for _, m in upstream.posts if m.get("method") == "initialize"]
+    listed = [m for _, m in upstream.posts if m.get("method") == "tools/list"]
+    assert len(listed) == 1
+    # A session for each request (the probe's discover is not one), each ended.
+    assert len(upstream.deleted) == len(initializes) >= 3
 
 
 @pytest.fixture(scope="module")
