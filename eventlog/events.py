@@ -154,6 +154,8 @@ class StatelessAnswer(BaseEvent, frozen=True, kw_only=True):
     request: str  # event id of the StatelessRequest
     payload: bytes
     final: bool = True
+    # The upstream session it was answered in, when a bridge opened one for it.
+    upstream_session: str | None = None
 
 
 class ChangePublished(BaseEvent, frozen=True, kw_only=True):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
@@ -44,6 +45,7 @@ __all__ = [
     "SERVER_INFO_KEY",
     "STATELESS",
     "BuiltIn",
+    "Exchange",
     "StatelessBackend",
     "StatelessServer",
     "discover_result",
@@ -70,6 +72,15 @@ SERVER_INFO_KEY = "io.modelcontextprotocol/serverInfo"
 SendRelated = Callable[[dict[str, Any]], Awaitable[None]]
 
 
+@dataclass
+class Exchange:
+    """One request on its way through a backend: how it sends what comes before the
+    answer, and what it tells the record of the answer."""
+
+    send_related: SendRelated
+    upstream_session: str | None = None  # the upstream session a bridge opened for it
+
+
 class StatelessBackend(Protocol):
     """What answers 2026-07-28 requests: the built-in tools, or the upstream."""
 
@@ -85,7 +96,7 @@ class StatelessBackend(Protocol):
         ...
 
     async def answer(
-        self, inbound: Inbound, identity: str | None, send_related: SendRelated
+        self, inbound: Inbound, identity: str | None, exchange: Exchange
     ) -> dict[str, Any]:
         """The JSON-RPC answer to one request (``server/discover`` included)."""
         ...
@@ -111,7 +122,7 @@ class BuiltIn:
         pass
 
     async def answer(
-        self, inbound: Inbound, identity: str | None, send_related: SendRelated
+        self, inbound: Inbound, identity: str | None, exchange: Exchange
     ) -> dict[str, Any]:
         if inbound.method == "server/discover":
             return result_response(inbound.id, discover_result(self.capabilities))
@@ -195,15 +206,18 @@ class StatelessServer:
             await runtime.log.append([note], worker=runtime.worker_id)
             related.put_nowait(payload)
 
+        exchange = Exchange(send_related)
         try:
-            reply = await self.backend.answer(inbound, identity, send_related)
+            reply = await self.backend.answer(inbound, identity, exchange)
         except LogUnavailable:
             raise
         except Exception:
             logger.exception("a stateless %s failed", inbound.method)
             reply = error_response(inbound.id, INTERNAL_ERROR, "Internal error")
         payload = orjson.dumps(_complete(reply, inbound.method))
-        answer = StatelessAnswer(request=received.id, payload=payload)
+        answer = StatelessAnswer(
+            request=received.id, payload=payload, upstream_session=exchange.upstream_session
+        )
         await runtime.log.append([answer], worker=runtime.worker_id)
         return payload
 

@@ -36,7 +36,7 @@ from .protocol import (
 )
 from .protocol.inbound import CAPABILITIES_KEY, CLIENT_INFO_KEY, VERSION_KEY, Inbound
 from .protocol.versions import MODERN_VERSIONS
-from .stateless import SERVER_INFO_KEY, SendRelated
+from .stateless import SERVER_INFO_KEY, Exchange
 from .subscriptions import LISTEN_FILTERS
 from .upstream import Upstream, UpstreamError
 
@@ -122,17 +122,17 @@ class UpstreamStateless:
         return True
 
     async def answer(
-        self, inbound: Inbound, identity: str | None, send_related: SendRelated
+        self, inbound: Inbound, identity: str | None, exchange: Exchange
     ) -> dict[str, Any]:
         if not await self.modern():
-            return await self._bridged(inbound, send_related)
+            return await self._bridged(inbound, exchange)
         try:
             reply = await self.upstream.exchange(
                 inbound.body,
                 inbound.message,
                 inbound.version,
                 dict(inbound.routing),
-                on_message=send_related,
+                on_message=exchange.send_related,
             )
         except UpstreamError as exc:
             return error_response(inbound.id, INTERNAL_ERROR, f"upstream unavailable: {exc}")
@@ -146,7 +146,7 @@ class UpstreamStateless:
                 ]
         return reply
 
-    async def _bridged(self, inbound: Inbound, send_related: SendRelated) -> dict[str, Any]:
+    async def _bridged(self, inbound: Inbound, exchange: Exchange) -> dict[str, Any]:
         """The answer of an upstream that speaks only the handshake versions, through a
         session opened for this one request."""
         envelope = inbound.envelope
@@ -163,6 +163,7 @@ class UpstreamStateless:
         session: str | None = None
         try:
             session, result = await self.upstream.open_session(params)
+            exchange.upstream_session = session
             if inbound.method == "server/discover":
                 return result_response(inbound.id, _discover_result(result))
             version = result.get("protocolVersion")
@@ -173,7 +174,7 @@ class UpstreamStateless:
                     refusal = error_response(message["id"], METHOD_NOT_FOUND, NO_BACK_CHANNEL)
                     await self.upstream.forward(session, refusal, protocol_version=version)
                 else:
-                    await send_related(message)
+                    await exchange.send_related(message)
 
             reply = await self.upstream.forward(session, inbound.message, on_message, version)
             assert reply is not None  # a request always gets a response or an error raised

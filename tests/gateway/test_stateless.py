@@ -220,6 +220,14 @@ async def test_an_older_upstream_is_bridged_one_session_a_request(tmp_path: Path
     assert len(listed) == 1
     # A session for each request (the probe's discover is not one), each ended.
     assert len(upstream.deleted) == len(initializes) >= 3
+    # The upstream session each answer came from is on its record.
+    log = await open_log(f"sqlite:///{tmp_path}/log.db")
+    try:
+        found = [r.event for r in await log.read(after=0, limit=10_000)]
+    finally:
+        await log.close()
+    answered_in = {e.upstream_session for e in found if isinstance(e, StatelessAnswer)}
+    assert answered_in == {VersionedUpstream.SESSION}
 
 
 @pytest.fixture(scope="module")
