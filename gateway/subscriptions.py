@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -44,24 +43,8 @@ LISTEN_FILTERS = {
     "promptsListChanged": ("notifications/prompts/list_changed", "prompts"),
     "resourcesListChanged": ("notifications/resources/list_changed", "resources"),
 }
-RESOURCE_UPDATED = "notifications/resources/updated"
 # Limits
 LISTENER_BACKLOG = 1000  # changes queued for one listener before its stream is ended
-
-
-@dataclass(frozen=True, slots=True)
-class _Filter:
-    """What one listener gets: notification methods, and resources by URI."""
-
-    methods: frozenset[str]
-    uris: frozenset[str]
-
-    def admits(self, notification: dict[str, Any]) -> bool:
-        method = notification.get("method")
-        if method == RESOURCE_UPDATED:
-            params = notification.get("params")
-            return isinstance(params, dict) and params.get("uri") in self.uris
-        return method in self.methods
 
 
 class Subscriptions:
@@ -122,10 +105,7 @@ class Subscriptions:
             raise errors.invalid_params("notifications must be an object", inbound.id)
         resume = parse_event_id(request.headers.get(LAST_EVENT_ID))
         honored = self.honored(requested)
-        admits = _Filter(
-            frozenset(LISTEN_FILTERS[key][0] for key in honored if key in LISTEN_FILTERS),
-            frozenset(honored.get("resourceSubscriptions", ())),
-        )
+        admits = frozenset(LISTEN_FILTERS[key][0] for key in honored)
         meta = {SUBSCRIPTION_ID_KEY: inbound.id}
         identity = request[IDENTITY]
         listener: asyncio.Queue[Record | None] = asyncio.Queue()
@@ -174,7 +154,7 @@ class Subscriptions:
 
 
 async def _send(
-    stream: Any, record: Record, admits: _Filter, meta: dict[str, Any], last: int
+    stream: Any, record: Record, admits: frozenset[str], meta: dict[str, Any], last: int
 ) -> int:
     """Send a change to a listener if it wants it and has not had it; the position
     it has had everything up to."""
@@ -182,7 +162,7 @@ async def _send(
     if record.position <= last or not isinstance(event, ChangePublished):
         return last
     notification = orjson.loads(event.payload)
-    if admits.admits(notification):
+    if notification.get("method") in admits:
         params = notification.setdefault("params", {})
         params["_meta"] = {**params.get("_meta", {}), **meta}
         await stream.send(

@@ -1,6 +1,6 @@
-"""The ``text/event-stream`` codec, sans I/O: one parser for every stream the gateway
-reads (the upstream's, and the tests' view of its own), one encoder for every event
-it writes.
+"""The ``text/event-stream`` parser, sans I/O: one for every stream the gateway reads
+(the upstream's, and the tests' view of its own). The gateway's own events are
+written by aiohttp-sse.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import codecs
 import re
 from dataclasses import dataclass
 
-__all__ = ["MAX_EVENT", "SSEError", "SSEEvent", "SSEParser", "encode_event"]
+__all__ = ["MAX_EVENT", "SSEError", "SSEEvent", "SSEParser"]
 
 # Bytes of one event, or of one unterminated line: past it the stream is refused.
 MAX_EVENT = 16 * 2**20
@@ -105,31 +105,3 @@ class SSEParser:
         if not data:
             return None
         return SSEEvent(event, data, self.last_event_id)
-
-
-def encode_event(
-    data: str | None = None,
-    *,
-    event: str | None = None,
-    id: str | None = None,
-    retry_ms: int | None = None,
-) -> bytes:
-    """One event as bytes. ``data`` may hold newlines (each line becomes a ``data:``
-    field); an event with an id and no data is a "priming" event, which a client
-    remembers as the point to resume from without dispatching anything."""
-    if id is not None and ("\n" in id or "\r" in id or "\0" in id):
-        raise ValueError(f"an event id cannot hold a line break or NUL: {id!r}")
-    if event is not None and ("\n" in event or "\r" in event):
-        raise ValueError(f"an event type cannot hold a line break: {event!r}")
-    lines = []
-    if id is not None:
-        lines.append(f"id: {id}")
-    if event is not None:
-        lines.append(f"event: {event}")
-    if retry_ms is not None:
-        lines.append(f"retry: {int(retry_ms)}")
-    if data is not None:
-        lines.extend(f"data: {line}" for line in _LINE_END.split(data))
-    elif id is not None:
-        lines.append("data:")
-    return ("\n".join(lines) + "\n\n").encode()

@@ -18,7 +18,6 @@ __all__ = [
     "MODERN_VERSIONS",
     "PRIMING_SINCE",
     "Era",
-    "era_of",
     "negotiate_version",
 ]
 
@@ -34,15 +33,6 @@ ASSUMED_VERSION = "2025-03-26"
 # From this version on, each SSE response starts with a "priming" event (an id and no
 # data), so a client can resume a stream that broke before its first message.
 PRIMING_SINCE = "2025-11-25"
-
-
-def era_of(version: str) -> Era | None:
-    """The era a version belongs to; None for a version we do not speak."""
-    if version in MODERN_VERSIONS:
-        return "modern"
-    if version in HANDSHAKE_VERSIONS:
-        return "handshake"
-    return None
 
 
 def negotiate_version(requested: str, supported: tuple[str, ...] = HANDSHAKE_VERSIONS) -> str:

@@ -255,12 +255,15 @@ def asks_roots(record: Record) -> bool:
     return b"roots/list" in getattr(record.event, "payload", b"")
 
 
+@pytest.mark.parametrize("resumed", [True, False], ids=["last-event-id", "first-get"])
 async def test_the_servers_requests_wait_in_the_log_for_a_client_stream(
-    tmp_path: Path, upstream_url: str
+    tmp_path: Path, upstream_url: str, resumed: bool
 ) -> None:
     """The upstream asks while the client has no stream open at all: the gateway that
     opened the upstream session listens all the same, the request waits in the log,
-    and the client's answer (through the other gateway) reaches the upstream."""
+    and the client's answer (through the other gateway) reaches the upstream. The
+    stream that gets it names the initialize as its last event, or (as the SDK
+    client's first GET, opened beside its first requests) names none."""
     log_url = f"sqlite:///{tmp_path}/log.db"
     args = ("--upstream", upstream_url)
     with serve(log_url, *args) as a, serve(log_url, *args) as b:
@@ -271,33 +274,13 @@ async def test_the_servers_requests_wait_in_the_log_for_a_client_stream(
             async with session.request(b, tool_call(1, "ask_roots")) as call:
                 async with await open_log(log_url) as log:
                     await wait_for_record(log, asks_roots)
-                await answer_roots(session, b, a, opened_at)
+                await answer_roots(session, b, a, opened_at if resumed else None)
                 _, answer = await next_message(call)
             async with http.delete(f"{b}/mcp", headers=session.headers) as deleted:
                 assert deleted.status == 200
             async with await open_log(log_url) as log:
                 # The listener (a) lets go of the closed session, stream and claim.
                 await wait_for_record(log, lets_go_of_listening)
-    assert answer["id"] == 1 and answer["result"]["content"][0]["text"] == ROOT, answer
-
-
-async def test_a_first_get_gets_what_the_upstream_asked_before_it(
-    tmp_path: Path, upstream_url: str
-) -> None:
-    """The SDK client opens its GET beside its first requests: a request the upstream
-    sent before that GET is recorded, and the GET (naming no event) gets it."""
-    log_url = f"sqlite:///{tmp_path}/log.db"
-    args = ("--upstream", upstream_url)
-    with serve(log_url, *args) as a, serve(log_url, *args) as b:
-        async with aiohttp.ClientSession(headers=MCP_HEADERS) as http:
-            session = RawSession(http)
-            await session.initialize(a)
-            await session.notify(b, {"jsonrpc": "2.0", "method": "notifications/initialized"})
-            async with session.request(b, tool_call(1, "ask_roots")) as call:
-                async with await open_log(log_url) as log:
-                    await wait_for_record(log, asks_roots)
-                await answer_roots(session, b, a, None)
-                _, answer = await next_message(call)
     assert answer["id"] == 1 and answer["result"]["content"][0]["text"] == ROOT, answer
 
 
