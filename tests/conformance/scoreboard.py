@@ -105,7 +105,13 @@ def write_results(board: Scoreboard, applies: dict[tuple[str, str, str], bool]) 
         name: {"package": suite.package, "args": list(suite.args)} for name, suite in SUITES.items()
     }
     report["targets"] = {
-        name: {"label": target.label, "upstream": target.upstream, "gateway": target.gateway}
+        name: {
+            "label": target.label,
+            "upstream": target.upstream,
+            "gateway": target.gateway,
+            "proxy": target.proxy,
+            "backend": target.backend,
+        }
         for name, target in TARGETS.items()
     }
     report["repeats"] = {"scenarios": sorted(SERVER_TO_CLIENT), "runs": REPEATS}

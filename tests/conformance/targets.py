@@ -1,10 +1,14 @@
 """The servers the conformance suite runs against, each on a free loopback port: three
 "everything servers" (on the TypeScript SDK 1.x, the TypeScript SDK v2 and the Python
-SDK), `sessionlog serve` in front of each, and `sessionlog serve` alone."""
+SDK), `sessionlog serve` in front of each (on a SQLite log; in front of the Python one
+also on a Redis log), `sessionlog serve` alone, and the competing proxy
+``mcp-persist-proxy`` in front of the Python one on its SQLite and its Redis store. The
+Redis-protocol server the Redis targets share starts only when one of them runs."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -16,7 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.gateway.serving import serve_process
-from tests.servers import accepts, free_port, wait_until
+from tests.persist_proxy import VERSION as PERSIST_VERSION
+from tests.persist_proxy import persist_proxy
+from tests.servers import RedisServer, accepts, free_port, wait_until
 
 from .suite import Toolchain
 
@@ -29,20 +35,51 @@ HERE = Path(__file__).parent
 class Target:
     name: str
     label: str  # for the README
-    upstream: str | None = None  # the target sessionlog forwards to, if any
-    gateway: bool = False  # whether the suite talks to sessionlog
+    upstream: str | None = None  # the target the proxy forwards to, if any
+    proxy: str | None = None  # "sessionlog" or "mcp-persist": what the suite talks to
+    backend: str | None = None  # the proxy's store: "sqlite" or "redis"
+
+    @property
+    def gateway(self) -> bool:
+        """Whether the suite talks to sessionlog."""
+        return self.proxy == "sessionlog"
 
 
 TARGETS = {
     target.name: target
     for target in (
         Target("ts", "TypeScript SDK 1.x everything server"),
-        Target("sessionlog+ts", "sessionlog -> TypeScript SDK server", "ts", gateway=True),
+        Target(
+            "sessionlog+ts", "sessionlog -> TypeScript SDK server", "ts", "sessionlog", "sqlite"
+        ),
         Target("ts2", "TypeScript SDK v2 everything server"),
-        Target("sessionlog+ts2", "sessionlog -> TypeScript SDK v2 server", "ts2", gateway=True),
+        Target(
+            "sessionlog+ts2",
+            "sessionlog -> TypeScript SDK v2 server",
+            "ts2",
+            "sessionlog",
+            "sqlite",
+        ),
         Target("py", "Python SDK everything server"),
-        Target("sessionlog+py", "sessionlog -> Python SDK server", "py", gateway=True),
-        Target("sessionlog", "sessionlog alone (built-in tools)", gateway=True),
+        Target("sessionlog+py", "sessionlog -> Python SDK server", "py", "sessionlog", "sqlite"),
+        Target(
+            "sessionlog-redis+py",
+            "sessionlog (Redis log) -> Python SDK server",
+            "py",
+            "sessionlog",
+            "redis",
+        ),
+        *(
+            Target(
+                f"mcp-persist-{backend}+py",
+                f"mcp-persist-proxy {PERSIST_VERSION} ({shown}) -> Python SDK server",
+                "py",
+                "mcp-persist",
+                backend,
+            )
+            for backend, shown in (("sqlite", "SQLite"), ("redis", "Redis"))
+        ),
+        Target("sessionlog", "sessionlog alone (built-in tools)", None, "sessionlog", "sqlite"),
     )
 }
 
@@ -55,7 +92,7 @@ def _process(command: list[str], port: int, what: str, log: Path) -> Iterator[st
         )
     try:
         wait_until(lambda: accepts(port), what, process, log)
-        yield f"http://127.0.0.1:{port}/mcp"
+        yield f"http://127.0.0.1:{port}"
     finally:
         process.terminate()
         try:
@@ -66,12 +103,38 @@ def _process(command: list[str], port: int, what: str, log: Path) -> Iterator[st
 
 
 @contextmanager
+def _proxy(
+    target: Target, upstream: str | None, redis: str | None, directory: Path
+) -> Iterator[str]:
+    """Run ``target``'s proxy in front of the base URL ``upstream`` (None: sessionlog
+    alone), its store a file of its own or its own keys on the Redis server at
+    ``redis``; yields its base URL."""
+    output = directory / f"{target.name}.log"
+    if target.proxy == "mcp-persist":
+        assert upstream is not None and target.backend is not None
+        store = redis if target.backend == "redis" else str(directory / f"{target.name}.db")
+        assert store is not None
+        with persist_proxy(upstream, target.backend, store, output) as proxy:
+            yield proxy.url
+        return
+    if target.backend == "redis":
+        namespace = re.sub(r"\W", "_", target.name)  # a log namespace is an identifier
+        log_url = f"{redis}?namespace={namespace}"
+    else:
+        log_url = f"sqlite:///{directory}/{target.name}.db"
+    forward = ("--upstream", f"{upstream}/mcp") if upstream else ()
+    with serve_process(log_url, *forward, output=output) as served:
+        yield served.url
+
+
+@contextmanager
 def start_targets(
     names: set[str], toolchain: Toolchain, directory: Path
 ) -> Iterator[dict[str, str]]:
-    """Start the named targets (and the upstreams they need); {name: MCP endpoint URL}."""
+    """Start the named targets (and the upstreams and the Redis server they need);
+    {name: MCP endpoint URL}."""
     wanted = names | {TARGETS[name].upstream for name in names} - {None}
-    urls: dict[str, str] = {}
+    bases: dict[str, str] = {}  # name -> base URL; every target serves MCP at /mcp
     with ExitStack() as stack:
         if "ts" in wanted:
             # Beside its node_modules, so its imports of the SDK resolve.
@@ -79,7 +142,7 @@ def start_targets(
             shutil.copyfile(HERE / "ts_everything_server.mjs", script)
             port = free_port()
             command = [str(toolchain.node), str(script), str(port)]
-            urls["ts"] = stack.enter_context(
+            bases["ts"] = stack.enter_context(
                 _process(command, port, "the TypeScript everything server", directory / "ts.log")
             )
         if "ts2" in wanted:
@@ -87,7 +150,7 @@ def start_targets(
             shutil.copyfile(HERE / "ts2_everything_server.mjs", script)
             port = free_port()
             command = [str(toolchain.node), str(script), str(port)]
-            urls["ts2"] = stack.enter_context(
+            bases["ts2"] = stack.enter_context(
                 _process(
                     command, port, "the TypeScript SDK v2 everything server", directory / "ts2.log"
                 )
@@ -95,20 +158,22 @@ def start_targets(
         if "py" in wanted:
             port = free_port()
             command = [sys.executable, str(HERE / "sdk_everything_server.py"), str(port)]
-            urls["py"] = stack.enter_context(
+            bases["py"] = stack.enter_context(
                 _process(command, port, "the Python everything server", directory / "py.log")
             )
+        redis = None
+        if any(TARGETS[name].backend == "redis" for name in wanted):
+            (directory / "redis").mkdir()
+            server = RedisServer(directory / "redis")
+            server.start()
+            stack.callback(server.stop)
+            redis = server.url
         for name in sorted(wanted):
             target = TARGETS[name]
-            if not target.gateway:
-                continue
-            upstream = ("--upstream", urls[target.upstream]) if target.upstream else ()
-            log_url = f"sqlite:///{directory}/{name}.db"
-            served = stack.enter_context(
-                serve_process(log_url, *upstream, output=directory / f"{name}.log")
-            )
-            urls[name] = f"{served.url}/mcp"
-        yield urls
+            if target.proxy is not None:
+                upstream = bases[target.upstream] if target.upstream else None
+                bases[name] = stack.enter_context(_proxy(target, upstream, redis, directory))
+        yield {name: f"{base}/mcp" for name, base in bases.items()}
 
 
 @dataclass

@@ -1,23 +1,29 @@
-"""The official MCP conformance suite against sessionlog, scenario by scenario.
+"""The official MCP conformance suite against sessionlog (and, to compare, the
+competing proxy mcp-persist-proxy), scenario by scenario.
 
 Targets (see targets.py): an everything server on the TypeScript SDK 1.x ("ts"), one
 on the TypeScript SDK v2 ("ts2", which serves 2025 sessions and 2026-07-28 on one
 endpoint) and one on the Python SDK ("py"), each alone and behind ``sessionlog serve
---upstream`` ("sessionlog+ts", "sessionlog+ts2", "sessionlog+py"), and ``sessionlog
-serve`` with no upstream ("sessionlog"). Suites (see suite.py): 0.1.16 for the 2025
-revisions ("2025") and 0.2.0-alpha.12 at ``--spec-version 2026-07-28`` ("2026"); every
-scenario each lists.
+--upstream`` on a SQLite log ("sessionlog+ts", "sessionlog+ts2", "sessionlog+py");
+"py" also behind sessionlog on a Redis log ("sessionlog-redis+py") and behind the
+competing proxy mcp-persist-proxy on its SQLite and its Redis store
+("mcp-persist-sqlite+py", "mcp-persist-redis+py"); and ``sessionlog serve`` with no
+upstream ("sessionlog"). Suites (see suite.py): 0.1.16 for the 2025 revisions
+("2025") and 0.2.0-alpha.12 at ``--spec-version 2026-07-28`` ("2026"); every scenario
+each lists.
 
 What each test requires:
 - an everything server alone passes the scenario;
-- through sessionlog, the scenario's outcome is the same as against its upstream alone;
+- through a proxy (sessionlog or mcp-persist), the scenario's outcome is the same as
+  against its upstream alone;
 - sessionlog alone passes every scenario that applies to what it declares (its
   initialize capabilities and the tools, prompts and resources it lists); one about
   something it does not declare does not apply and passes as such.
 
 What does not hold yet is in KNOWN_GAPS, one line per (target, suite, scenario) with
 the reason; those tests are strict xfails, so a fix turns them into failures (XPASS)
-until its line is removed. Run the whole file in ~1-2 minutes after the first setup;
+until its line is removed. Run the whole file in ~2-3 minutes after the first setup
+(npm installs, and mcp-persist's virtualenv: see tests/persist_proxy.py);
 ``SESSIONLOG_WRITE_CONFORMANCE=1`` also writes bench/results/conformance.json.
 """
 
@@ -314,7 +320,7 @@ def test_conformance(
     if upstream is not None:
         alone = conformance_scoreboard.result(upstream, suite, scenario)
         assert result.outcome() == alone.outcome(), (
-            f"{scenario} ({suite} suite) through sessionlog: {_details(result)}\n"
+            f"{scenario} ({suite} suite) through {TARGETS[target].proxy}: {_details(result)}\n"
             f"  against {upstream} alone: {_details(alone)}"
         )
     elif applies(conformance_scoreboard, target, scenario):
