@@ -23,7 +23,7 @@ from pathlib import Path
 
 import msgspec
 
-from . import eventlog, gateway, plots, readme, registry
+from . import eventlog, gateway, plots, proxy, readme, registry
 from .harness import Row, ScenarioResult, backends, report
 
 RESULTS = Path(__file__).parent / "results"
@@ -50,6 +50,7 @@ SCENARIOS: dict[str, Callable[[Context], ScenarioResult]] = {
     "sustained": lambda ctx: registry.sustained_scenario(ctx.quick, ctx.urls),
     "replay": lambda ctx: registry.replay_scenario(ctx.quick, ctx.workdir),
     "tools-call": lambda ctx: gateway.scenario(ctx.quick, ctx.workdir),
+    "proxy": lambda ctx: proxy.scenario(ctx.quick, ctx.urls, ctx.workdir),
     "contextforge": _contextforge,
 }
 # Baselines that take minutes to set up: not part of --quick.
