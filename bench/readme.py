@@ -4,7 +4,9 @@ One table per scenario: sessionlog, its baseline where one was measured (the
 reference registry, or the official MCP SDK server), and how they compare. The
 tables sit between ``<!-- bench:summary -->`` and ``<!-- /bench:summary -->``; the
 conformance table (from ``bench/results/conformance.json``, which tests/conformance
-writes) between ``<!-- bench:conformance -->`` and ``<!-- /bench:conformance -->``.
+writes: per everything server and suite, its score alone and through each proxy
+measured, sessionlog and mcp-persist-proxy on each of their stores) between
+``<!-- bench:conformance -->`` and ``<!-- /bench:conformance -->``.
 """
 
 from __future__ import annotations
@@ -162,16 +164,32 @@ SUITE_TITLES = {"2025": "2025-06-18 / 2025-11-25", "2026": "2026-07-28"}
 
 def render_conformance(report: dict) -> str:
     """The conformance table: per upstream server and suite, scenarios passed alone
-    and through sessionlog (written by tests/conformance with
+    and through each proxy (sessionlog, mcp-persist) on each store it was measured
+    on, with how many fail only through it (written by tests/conformance with
     SESSIONLOG_WRITE_CONFORMANCE=1)."""
     rows: dict[tuple[str, str], dict[str, dict]] = {}
     for result in report["results"]:
         rows.setdefault((result["target"], result["suite"]), {})[result["scenario"]] = result
     suites, targets = report["suites"], report["targets"]
+    measured = {name for name, _ in rows}
+    # server -> {"alone" or (proxy, backend): target}; sessionlog alone is a server of
+    # its own, its score in the sessionlog column.
+    servers: dict[str, dict[object, str]] = {}
+    for name, target in targets.items():
+        if name not in measured:
+            continue
+        column = (target["proxy"], target["backend"]) if target["proxy"] else "alone"
+        servers.setdefault(target["upstream"] or name, {})[column] = name
+    # sessionlog before the competitor, SQLite before Redis
+    columns = sorted(
+        {column for found in servers.values() for column in found if column != "alone"},
+        key=lambda c: (c[0] != "sessionlog", c[0], c[1] != "sqlite", c[1]),
+    )
+    stores = {"sqlite": "SQLite", "redis": "Redis"}
+    headers = [f"through {proxy} ({stores.get(b, b)})" for proxy, b in columns]
     lines = [
-        "| server | suite (revisions) | alone | through sessionlog "
-        "| fail only through sessionlog |",
-        "|---|---|---:|---:|---|",
+        "| server | suite (revisions) | alone | " + " | ".join(headers) + " |",
+        "|---|---|---:|" + "---:|" * len(columns),
     ]
 
     def score(results: dict[str, dict]) -> str:
@@ -180,35 +198,42 @@ def render_conformance(report: dict) -> str:
         text = f"{sum(r['passed'] for r in applicable)}/{len(applicable)}"
         return text + (f" ({skipped} n/a)" if skipped else "")
 
-    for name, target in targets.items():
-        if not target["gateway"]:
+    def through(results: dict[str, dict] | None, alone: dict[str, dict] | None) -> str:
+        if results is None:
+            return ""
+        worse = [
+            scenario
+            for scenario, result in results.items()
+            if alone is not None and alone[scenario]["passed"] and not result["passed"]
+        ]
+        return score(results) + (f" ({len(worse)} fail only here)" if worse else "")
+
+    for server, found in servers.items():
+        if found.keys() == {"alone"}:
             continue
         for suite in suites:
-            through = rows.get((name, suite))
-            if through is None:
-                continue
-            alone = rows.get((target["upstream"], suite)) if target["upstream"] else None
-            server = targets[target["upstream"]]["label"] if alone is not None else target["label"]
-            worse = [
-                scenario
-                for scenario, result in through.items()
-                if alone is not None and alone[scenario]["passed"] and not result["passed"]
+            alone = rows.get((found["alone"], suite)) if "alone" in found else None
+            cells = [
+                through(rows.get((found[c], suite)) if c in found else None, alone) for c in columns
             ]
+            if not any(cells):
+                continue
             package = suites[suite]["package"].rsplit("@", 1)[1]
             lines.append(
-                f"| {server} | {SUITE_TITLES.get(suite, suite)} ({package}) "
-                f"| {score(alone) if alone is not None else ''} | {score(through)} "
-                f"| {len(worse) or ''} |"
+                f"| {targets[server]['label']} | {SUITE_TITLES.get(suite, suite)} ({package}) "
+                f"| {score(alone) if alone is not None else ''} | " + " | ".join(cells) + " |"
             )
     repeats = report.get("repeats", {})
     note = (
         f"Scenarios passed, of those the suite runs; server-to-client scenarios "
         f"(sampling, elicitation, roots) pass only if all {repeats.get('runs', 1)} runs do. "
-        "n/a: about something the server does not declare. Per scenario, with the "
-        "suite's failure messages: `bench/results/conformance.json`; the tests: "
+        "n/a: about something the server does not declare. Fail only here: scenarios that "
+        "pass against the server alone and fail through that proxy. mcp-persist: "
+        "`mcp-persist-proxy`, the resumable MCP proxy of PyPI's mcp-persist. Per scenario, "
+        "with the suite's failure messages: `bench/results/conformance.json`; the tests: "
         "`tests/conformance/`."
     )
-    return "\n".join(lines) + "\n\n" + textwrap.fill(note, width=88)
+    return "\n".join(lines) + "\n\n" + textwrap.fill(note, width=88, break_on_hyphens=False)
 
 
 def write_conformance() -> None:
