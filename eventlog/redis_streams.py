@@ -28,6 +28,7 @@ __all__ = ["RedisEventLog"]
 
 # Timeouts
 CLOSE_GRACE = 2.0  # seconds close() waits for connections to close cleanly
+READ_MARGIN = 5.0  # seconds a reply may take beyond what was asked for
 
 # One group commit, applied atomically on the server. KEYS: events stream, head
 # counter, id -> position hash, owners hash. ARGV: the time, then the operations:
@@ -144,6 +145,9 @@ class RedisEventLog(EventLog):
             url,
             max_connections=max_connections,
             socket_connect_timeout=connect_timeout,
+            # Longer than a tail's XREAD BLOCK, which would otherwise time out while
+            # it waits as told (redis-py 8's default is 5 s) and count as an outage.
+            socket_timeout=block + READ_MARGIN,
             retry=Retry(ExponentialBackoff(cap=0.2, base=0.01), retries=2),
         )
         self._commit_script = self._redis.register_script(_COMMIT)

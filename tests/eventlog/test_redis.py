@@ -25,3 +25,11 @@ class TestRedisEventLog(ServerEventLogContract):
         client = log._redis
         position = await client.incr(log._keys[1])
         await client.xadd(log._stream, {"t": "0", "w": "raw", "d": data}, id=f"0-{position}")
+
+
+@pytest.mark.parametrize("block", [0.5, 5.0, 3600.0])
+async def test_reads_wait_longer_than_a_tail_blocks(block: float) -> None:
+    """An idle tail's XREAD BLOCK is not cut off by the socket's read timeout (redis-py
+    8's default is 5 s): that counted as an outage, and the tail backed off."""
+    log = RedisEventLog("redis://127.0.0.1:1/0", block=block)
+    assert log._redis.connection_pool.connection_kwargs["socket_timeout"] > block
