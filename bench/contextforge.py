@@ -5,7 +5,7 @@ measures ours, on the same machine and the same Redis server.
 
 The reference is ``mcpgateway.cache.session_registry.SessionRegistry`` of
 mcp-contextforge-gateway 1.1.0. It runs in its own virtualenv,
-``bench/.venv-contextforge/``, made here on first use (``pip install
+``bench/.venv-contextforge/``, made on first use by tests/venvs.py (``pip install
 --ignore-requires-python``: it declares Python >= 3.12, its wheel runs on 3.11), and
 is driven by ``bench/contextforge_driver.py`` in separate OS processes that import
 nothing of ours. They talk JSON lines over stdin/stdout and say "ready" before any
@@ -93,7 +93,6 @@ import json
 import os
 import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -101,6 +100,8 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
+
+from tests import venvs
 
 from .harness import Row, ScenarioResult, percentile
 
@@ -119,7 +120,6 @@ START_GUARD = 120.0  # a driver importing the reference and initializing
 READY_GUARD = 360.0  # a holder adding and subscribing up to 10,000 sessions
 STALL = 20.0  # no delivery for this long after the last send: the rest is lost
 DRAIN_CAP = 300.0  # a delivery phase ends this long after its last send at the latest
-PIP_GUARD = 1800.0  # creating the virtualenv
 RESPOND_BATCH = 1_000  # respond loops a holder starts at a time (see the docstring)
 FAILED_WINDOW = 10.0  # the idle window of a run whose respond loops failed at start
 
@@ -131,75 +131,14 @@ def _log(message: str) -> None:
 # -- the reference's virtualenv -----------------------------------------------------------
 
 
-def _pip_index_options() -> list[str]:
-    """The index options of this interpreter's pip configuration, passed on explicitly
-    so the virtualenv's pip reads the same (local) indexes whatever config it finds."""
-    listing = subprocess.run(
-        [sys.executable, "-m", "pip", "config", "list"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    ).stdout
-    options: list[str] = []
-    for line in listing.splitlines():
-        key, _, value = line.partition("=")
-        name = key.rsplit(".", 1)[-1]
-        if name not in ("index-url", "extra-index-url", "find-links"):
-            continue
-        for item in value.strip().strip("'\"").split():
-            if item and f"--{name}={item}" not in options:
-                options.append(f"--{name}={item}")
-    return options
-
-
-def _venv_ok(python: Path) -> bool:
-    if not python.exists():
-        return False
+def ensure_venv() -> Path:
+    """The virtualenv's Python, with the reference installed; made on first use."""
+    _log(f"the reference's virtualenv: {VENV}")
     probe = (
         "import importlib.metadata as m, redis, hiredis, sqlalchemy, mcpgateway;"
         f"assert m.version('mcp-contextforge-gateway') == {VERSION!r}"
     )
-    result = subprocess.run(
-        [str(python), "-c", probe], capture_output=True, timeout=300, check=False
-    )
-    return result.returncode == 0
-
-
-def ensure_venv() -> Path:
-    """The virtualenv's Python, with the reference installed; made on first use."""
-    python = VENV / "bin" / "python"
-    if _venv_ok(python):
-        return python
-    _log(f"creating {VENV} (a few minutes)")
-    steps = [
-        [sys.executable, "-m", "venv", "--clear", str(VENV)],
-        [
-            str(python),
-            "-m",
-            "pip",
-            "install",
-            "--ignore-requires-python",
-            "--progress-bar=off",
-            *_pip_index_options(),
-            REQUIREMENT,
-        ],
-    ]
-    for step in steps:
-        _log(" ".join(step))
-        try:
-            done = subprocess.run(step, stdout=sys.stderr, stderr=sys.stderr, timeout=PIP_GUARD)
-        except subprocess.TimeoutExpired as error:
-            raise RuntimeError(f"creating {VENV} timed out: {' '.join(step)}") from error
-        if done.returncode != 0:
-            raise RuntimeError(
-                f"creating {VENV} failed (exit {done.returncode}): {' '.join(step)}"
-                " -- see the pip output above; delete the directory to start over"
-            )
-    if not _venv_ok(python):
-        raise RuntimeError(f"{VENV} was created but cannot import the reference")
-    _log("virtualenv ready")
-    return python
+    return venvs.ensure_venv(VENV, [REQUIREMENT], probe, pip_args=("--ignore-requires-python",))
 
 
 # -- driver processes ---------------------------------------------------------------------

@@ -23,7 +23,8 @@ def _leading_number(text: str) -> float | None:
 
 def _series(rows: list[Row], scenario: str, metric: str) -> dict[str, list[tuple[float, float]]]:
     """(x, value) points per line. Idle: x = sessions, a line per system and backend.
-    tools-call: x = clients, a line per system, transport and workers."""
+    tools-call: x = clients, a line per system, transport and workers. proxy: x =
+    clients, a line per system, backend and workers."""
     series: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for row in rows:
         if row.scenario != scenario or row.metric != metric:
@@ -31,6 +32,10 @@ def _series(rows: list[Row], scenario: str, metric: str) -> dict[str, list[tuple
         if scenario == "tools-call":
             transport, clients, *workers = row.parameter.split(", ")
             label = " ".join([row.system, transport, *workers])
+            x = _leading_number(clients)
+        elif scenario == "proxy":
+            clients, *workers = row.parameter.split(", ")
+            label = " ".join(filter(None, [row.system, row.backend, *workers]))
             x = _leading_number(clients)
         else:
             label, x = f"{row.system} {row.backend}", _leading_number(row.parameter)
@@ -88,6 +93,8 @@ def _lines(
             points.sort()
             axis.plot([x for x, _ in points], [y for _, y in points], marker="o", label=label)
         axis.set_xscale("log")
+        if metric in ("p50", "p99"):  # from a millisecond to hundreds
+            axis.set_yscale("log")
         if scenario == "idle":  # from a few to 10,000: only a log scale shows both
             axis.set_yscale("symlog", linthresh=1)
             axis.set_ylim(bottom=0)
@@ -117,4 +124,12 @@ def draw(rows: list[Row], out: Path) -> None:
         ["calls/s"],
         "concurrent clients",
         "tools/call throughput against concurrency",
+    )
+    _lines(
+        rows,
+        out,
+        "proxy",
+        ["calls/s", "p99"],
+        "concurrent sessions",
+        "tools/call through a proxy in front of the SDK server",
     )
