@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -60,6 +61,7 @@ from .harness import Row, ScenarioResult, measured, percentile
 __all__ = ["CONCURRENCY", "System", "scenario"]
 
 CONCURRENCY = (1, 5, 20, 50)
+CONFORMANCE = Path(__file__).parent / "results" / "conformance.json"
 RESUME_GUARD = 40.0  # seconds a resumed call may take (a dead worker is known after 15 s)
 SESSIONLOG_BACKENDS = ("sqlite", "postgresql", "redis")
 PERSIST_BACKENDS = {"sqlite": "sqlite", "postgresql": "postgres", "redis": "redis"}
@@ -387,6 +389,30 @@ def _parameter(system: System, clients: int) -> str:
     return f"{clients} clients" + (f", {system.workers} workers" if system.workers > 1 else "")
 
 
+def conformance_rows(report: dict[str, Any]) -> list[Row]:
+    """Each target's conformance score, from the test run that wrote ``report``
+    (tests/conformance with SESSIONLOG_WRITE_CONFORMANCE=1): scenarios passed of
+    those that apply."""
+    scores: dict[tuple[str, str], list[int]] = {}
+    for result in report["results"]:
+        if result["applies"]:
+            score = scores.setdefault((result["target"], result["suite"]), [0, 0])
+            score[0] += result["passed"]
+            score[1] += 1
+    rows: list[Row] = []
+    for (name, suite), (passed, total) in sorted(scores.items()):
+        target = report["targets"][name]
+        upstream = report["targets"][target["upstream"]]["label"] if target["upstream"] else ""
+        rows += measured(
+            "conformance",
+            target["proxy"] or "upstream",
+            target["backend"] or "",
+            f"{suite} suite, " + (f"through to the {upstream}" if upstream else target["label"]),
+            [("scenarios passed", passed, f"of {total}")],
+        )
+    return rows
+
+
 # -- the scenario -------------------------------------------------------------------
 
 
@@ -433,6 +459,8 @@ def scenario(quick: bool, urls: dict[str, str], workdir: Path) -> ScenarioResult
                 case,
                 [("answered", float(outcome.answered), ""), ("time to answer", outcome.ms, "ms")],
             )
+    if CONFORMANCE.exists():
+        rows += conformance_rows(json.loads(CONFORMANCE.read_text()))
     raw = {
         "seconds": seconds,
         "rounds": rounds,

@@ -31,6 +31,8 @@ TITLES = {
     "sustained": "Sustained delivery across processes",
     "replay": "Replay (decode + fold) and worker start from a snapshot",
     "tools-call": "tools/call echo through the gateway vs the MCP SDK server",
+    "proxy": "tools/call through a proxy in front of the SDK server",
+    "proxy-faults": "What each proxy does on failure (two proxy processes, one store)",
 }
 # Metrics where more is better; for all others (latency, CPU, ...) less is.
 HIGHER_IS_BETTER = ("events/s", "records/s", "messages/s", "calls/s")
@@ -53,7 +55,10 @@ TARGETS = {
     ("replay", "", "start from snapshot"): "< 1 s",
     ("tools-call", "", "calls/s"): ">= 2x the SDK",
 }
-ORDER = ["tools-call", "delivery", "sustained", "idle", "append", "read", "replay"]
+ORDER = ["tools-call", "proxy", "delivery", "sustained", "idle", "append", "read", "replay"]
+# Scenarios with several systems side by side, not one baseline: tables of their own.
+# Conformance rows are in summary.json; the README has its own table for them.
+SPECIAL = {"proxy", "proxy-faults", "conformance"}
 # In summary.json and the results files, not in the README's tables (kept short).
 LEFT_OUT = ("p95", "max")
 
@@ -130,7 +135,155 @@ def _table(scenario: str, rows: list[Row]) -> str:
 def render(rows: list[Row]) -> str:
     scenarios = {row.scenario for row in rows}
     ordered = [s for s in ORDER if s in scenarios] + sorted(scenarios - set(ORDER))
-    return "\n\n".join(_table(scenario, rows) for scenario in ordered)
+    tables = []
+    for scenario in ordered:
+        if scenario == "proxy":
+            tables += [_proxy_tables(rows), _proxy_faults(rows)]
+        elif scenario not in SPECIAL:
+            tables.append(_table(scenario, rows))
+    return "\n\n".join(filter(None, tables))
+
+
+# -- proxy mode: several systems side by side, not one baseline -----------------------
+
+PROXY_ORDER = ("upstream", "sessionlog", "mcp-persist")
+PROXY_BACKENDS = ("sqlite", "postgresql", "redis")
+
+
+def _proxy_system(row: Row) -> tuple[int, int, str, str]:
+    """(order, backend order, system label, workers) of a proxy row."""
+    workers = row.parameter.split(", ", 1)[1] if ", " in row.parameter else ""
+    label = "SDK server alone" if row.system == "upstream" else f"{row.system}, {row.backend}"
+    if workers:
+        label += f", {workers}"
+    backend = PROXY_BACKENDS.index(row.backend) if row.backend in PROXY_BACKENDS else -1
+    return (PROXY_ORDER.index(row.system), backend, label, workers)
+
+
+def _clients(row: Row) -> int:
+    return int(row.parameter.split(" ", 1)[0])
+
+
+def _proxy_grid(rows: list[Row]) -> tuple[list[str], list[int], dict[tuple[str, int, str], Row]]:
+    """System labels in order, concurrencies, and (label, clients, metric) -> row."""
+    proxy = [r for r in rows if r.scenario == "proxy"]
+    systems = sorted({_proxy_system(r) for r in proxy})
+    grid = {(_proxy_system(r)[2], _clients(r), r.metric): r for r in proxy}
+    return [s[2] for s in systems], sorted({_clients(r) for r in proxy}), grid
+
+
+def _proxy_tables(rows: list[Row]) -> str:
+    labels, concurrency, grid = _proxy_grid(rows)
+    if not labels:
+        return ""
+    heads = " | ".join(f"{c} session{'s' if c > 1 else ''}" for c in concurrency)
+    lines = [
+        f"**{TITLES['proxy']}**: calls/s, p50 / p99",
+        "",
+        f"| proxy, log or store | {heads} |",
+        "|---|" + "---:|" * len(concurrency),
+    ]
+    for label in labels:
+        cells = []
+        for c in concurrency:
+            calls, p50, p99 = (grid.get((label, c, m)) for m in ("calls/s", "p50", "p99"))
+            cells.append(
+                f"{_number(calls.value, '1/s')}/s, {_number(p50.value, 'ms')} / "
+                f"{_number(p99.value, 'ms')} ms"
+                if calls and p50 and p99
+                else ""
+            )
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "**CPU per call (the proxy's processes alone / with the upstream's) and the "
+        "proxy's RSS after the run**",
+        "",
+        f"| proxy, log or store | {heads} | RSS |",
+        "|---|" + "---:|" * (len(concurrency) + 1),
+    ]
+    for label in labels:
+        cells = []
+        for c in concurrency:
+            alone, total = (
+                grid.get((label, c, "proxy cpu per call")),
+                grid.get((label, c, "total cpu per call")),
+            )
+            cells.append(
+                f"{_number(alone.value, 'ms')} / {_number(total.value, 'ms')} ms"
+                if alone and total
+                else ""
+            )
+        rss = grid.get((label, concurrency[-1], "rss"))
+        cells.append(f"{_number(rss.value, 'MiB')} MiB" if rss else "")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n" + _proxy_ratios(labels, concurrency, grid)
+
+
+def _proxy_ratios(
+    labels: list[str], concurrency: list[int], grid: dict[tuple[str, int, str], Row]
+) -> str:
+    """sessionlog against mcp-persist-proxy on each store both have."""
+    heads = " | ".join(str(c) for c in concurrency)
+    lines = [
+        "**sessionlog against mcp-persist-proxy on the same backend**: calls/s, p99 "
+        "(sessions across)",
+        "",
+        f"| backend | sessionlog | {heads} |",
+        "|---|---|" + "---|" * len(concurrency),
+    ]
+    for backend in PROXY_BACKENDS:
+        theirs = f"mcp-persist, {backend}"
+        if theirs not in labels:
+            continue
+        for ours in [label for label in labels if label.startswith(f"sessionlog, {backend}")]:
+            cells = []
+            for c in concurrency:
+                pair = [
+                    (grid.get((ours, c, m)), grid.get((theirs, c, m))) for m in ("calls/s", "p99")
+                ]
+                cells.append(
+                    ", ".join(
+                        _comparison(a.value, b.value, a.metric)
+                        for a, b in pair
+                        if a is not None and b is not None
+                    )
+                )
+            workers = ours.split(", ", 2)[2] if ours.count(", ") == 2 else "1 worker"
+            lines.append(f"| {backend} | {workers} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 4 else ""
+
+
+def _proxy_faults(rows: list[Row]) -> str:
+    faults = [r for r in rows if r.scenario == "proxy-faults"]
+    if not faults:
+        return ""
+    systems = sorted(
+        {(PROXY_ORDER.index(r.system), r.system, r.backend) for r in faults},
+        key=lambda s: (s[0], PROXY_BACKENDS.index(s[2]) if s[2] in PROXY_BACKENDS else -1),
+    )
+    cases = list(dict.fromkeys(r.parameter for r in faults))
+    found = {(r.system, r.backend, r.parameter, r.metric): r for r in faults}
+    heads = " | ".join(f"{system}, {backend}" for _, system, backend in systems)
+    lines = [
+        f"**{TITLES['proxy-faults']}**: answered?, and in how long",
+        "",
+        f"| case | {heads} |",
+        "|---|" + "---|" * len(systems),
+    ]
+    for case in cases:
+        cells = []
+        for _, system, backend in systems:
+            answered = found.get((system, backend, case, "answered"))
+            took = found.get((system, backend, case, "time to answer"))
+            if answered is None:
+                cells.append("")
+            elif answered.value:
+                cells.append(f"yes, {_number(took.value, 'ms')} ms" if took else "yes")
+            else:
+                cells.append("**no**")
+        lines.append(f"| {case} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _machine() -> str:
