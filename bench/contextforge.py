@@ -5,7 +5,7 @@ measures ours, on the same machine and the same Redis server.
 
 The reference is ``mcpgateway.cache.session_registry.SessionRegistry`` of
 mcp-contextforge-gateway 1.1.0. It runs in its own virtualenv,
-``bench/.venv-contextforge/``, made on first use by tests/venvs.py (``pip install
+``bench/.venv-contextforge/``, made on first use by gateway/testing/venvs.py (``pip install
 --ignore-requires-python``: it declares Python >= 3.12, its wheel runs on 3.11), and
 is driven by ``bench/contextforge_driver.py`` in separate OS processes that import
 nothing of ours. They talk JSON lines over stdin/stdout and say "ready" before any
@@ -101,7 +101,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from tests import venvs
+from gateway.testing import venvs
 
 from .harness import Row, ScenarioResult, percentile
 
@@ -632,7 +632,7 @@ def main(argv: list[str] | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from tests.servers import RedisServer
+    from gateway.testing.servers import RedisServer
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")

@@ -30,8 +30,8 @@ import orjson
 import psutil
 
 from gateway.protocol.sse_codec import SSEParser
-from tests.gateway.serving import serve_process
-from tests.sdk_server import start_sdk_server, stop_sdk_server
+from gateway.testing.sdk_server import start_sdk_server, stop_sdk_server
+from gateway.testing.serving import serve_process
 
 from .harness import Row, ScenarioResult, measured, percentile
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from tests.servers import PostgresServer, RedisServer
+from gateway.testing.servers import PostgresServer, RedisServer
 
 __all__ = [
     "Row",

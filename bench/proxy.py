@@ -1,10 +1,10 @@
 """Proxy mode: ``sessionlog serve --upstream`` beside mcp-persist-proxy, the resumable
 proxy a user would pick instead, both in front of the same official SDK server.
 
-The upstream is the SDK 2.3 ``MCPServer`` of tests/sdk_server.py (Streamable HTTP,
+The upstream is the SDK 2.3 ``MCPServer`` of gateway/testing/sdk_server.py (Streamable HTTP,
 SSE responses, no event store of its own), one fresh process per proxy measured.
 Systems: the upstream alone; sessionlog on each log backend with 1 and 2 workers;
-mcp-persist-proxy 2.2.0 (its own virtualenv, see tests/persist_proxy.py) on each of
+mcp-persist-proxy 2.2.0 (its own virtualenv, see gateway/testing/persist_proxy.py) on each of
 its stores, as its README runs it. Each is driven by the tools/call load generator
 of bench/gateway.py at 1, 5, 20 and 50 concurrent sessions, in rounds that
 interleave the systems (so a slow minute of the machine hits all of them); reported
@@ -50,10 +50,10 @@ import aiohttp
 import psutil
 
 from gateway.protocol.sse_codec import SSEParser
-from tests.gateway.serving import serve_process
-from tests.persist_proxy import VERSION as PERSIST_VERSION
-from tests.persist_proxy import persist_proxy
-from tests.sdk_server import start_sdk_server, stop_sdk_server
+from gateway.testing.persist_proxy import VERSION as PERSIST_VERSION
+from gateway.testing.persist_proxy import persist_proxy
+from gateway.testing.sdk_server import start_sdk_server, stop_sdk_server
+from gateway.testing.serving import serve_process
 
 from .gateway import StreamableClient, _sse_messages, drive
 from .harness import Row, ScenarioResult, measured, percentile

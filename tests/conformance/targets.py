@@ -19,10 +19,10 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.gateway.serving import serve_process
-from tests.persist_proxy import VERSION as PERSIST_VERSION
-from tests.persist_proxy import persist_proxy
-from tests.servers import RedisServer, accepts, free_port, wait_until
+from gateway.testing.persist_proxy import VERSION as PERSIST_VERSION
+from gateway.testing.persist_proxy import persist_proxy
+from gateway.testing.servers import RedisServer, accepts, free_port, wait_until
+from gateway.testing.serving import serve_process
 
 from .suite import Toolchain
 

@@ -23,7 +23,7 @@ What each test requires:
 What does not hold yet is in KNOWN_GAPS, one line per (target, suite, scenario) with
 the reason; those tests are strict xfails, so a fix turns them into failures (XPASS)
 until its line is removed. Run the whole file in ~2-3 minutes after the first setup
-(npm installs, and mcp-persist's virtualenv: see tests/persist_proxy.py);
+(npm installs, and mcp-persist's virtualenv: see gateway/testing/persist_proxy.py);
 ``SESSIONLOG_WRITE_CONFORMANCE=1`` also writes bench/results/conformance.json.
 """
 

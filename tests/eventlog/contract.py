@@ -34,8 +34,8 @@ from eventlog import (
     WorkerStopped,
     open_log,
 )
+from gateway.testing.servers import _Server
 from tests.eventlog import _processes
-from tests.servers import _Server
 
 # Guards against hangs only; nothing here asserts how fast anything is.
 HANG_GUARD = 60.0

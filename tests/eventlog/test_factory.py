@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from eventlog import LogUnavailable, MemoryEventLog, UnsupportedURL, open_log
-from tests.servers import free_port
+from gateway.testing.servers import free_port
 
 
 @pytest.mark.parametrize(

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 from eventlog import EventLog, open_log
+from gateway.testing.servers import PostgresServer
 from tests.eventlog.contract import ServerEventLogContract
-from tests.servers import PostgresServer
 
 
 class TestPostgresEventLog(ServerEventLogContract):
@@ -33,7 +33,7 @@ class TestPostgresEventLog(ServerEventLogContract):
 
 async def test_password_never_appears_in_errors(namespace: str) -> None:
     from eventlog import LogUnavailable
-    from tests.servers import free_port
+    from gateway.testing.servers import free_port
 
     url = f"postgresql://user:s3cret@127.0.0.1:{free_port()}/db?namespace={namespace}"
     with pytest.raises(LogUnavailable) as raised:

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 from eventlog import EventLog, RedisEventLog
+from gateway.testing.servers import RedisServer
 from tests.eventlog.contract import ServerEventLogContract
-from tests.servers import RedisServer
 
 
 class TestRedisEventLog(ServerEventLogContract):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import subprocess
 
-from tests.sdk_server import start_sdk_server
+from gateway.testing.sdk_server import start_sdk_server
 
 __all__ = ["INSTRUCTIONS", "SERVER_NAME", "start_fidelity_server"]
 
@@ -124,5 +124,5 @@ server.run(
 
 def start_fidelity_server() -> tuple[subprocess.Popen[bytes], str]:
     """Start it in its own process; (the process, its /mcp URL). Stop it with
-    :func:`tests.sdk_server.stop_sdk_server`."""
+    :func:`gateway.testing.sdk_server.stop_sdk_server`."""
     return start_sdk_server(json_response=False, script=FIDELITY_SERVER)

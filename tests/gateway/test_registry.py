@@ -21,6 +21,7 @@ from eventlog import (
     open_log,
 )
 from gateway import HandlerContext, SessionNotFound, SessionRegistry
+from gateway.testing.servers import RedisServer
 from gateway.worker import OUTBOX_LIMIT
 from projections import SNAPSHOT_NAME, load_latest, timeline
 from tests.gateway.helpers import (
@@ -30,7 +31,6 @@ from tests.gateway.helpers import (
     request,
     wait_for_record,
 )
-from tests.servers import RedisServer
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from eventlog import OwnerReleased, SessionOpened, WorkerStopped, open_log
 from gateway.app import build_app
 from gateway.settings import Settings
-from tests.gateway.serving import serve_process
+from gateway.testing.serving import serve_process
 
 HANG_GUARD = 30.0
 

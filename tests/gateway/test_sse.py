@@ -10,7 +10,7 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.gateway.serving import serve
+from gateway.testing.serving import serve
 
 # Guards against hangs only.
 HANG_GUARD = 30.0

@@ -34,12 +34,12 @@ from gateway.protocol import (
 )
 from gateway.protocol.sse_codec import SSEEvent, SSEParser
 from gateway.settings import Settings
+from gateway.testing.sdk_server import start_sdk_server, stop_sdk_server
+from gateway.testing.serving import serve_process
 from gateway.upstream_changes import RELAY_KEY
 from tests.gateway.helpers import HANG_GUARD
-from tests.gateway.serving import serve_process
 from tests.gateway.test_http_input import initialize, log_url, serving
 from tests.gateway.test_upstream_fidelity import VersionedUpstream
-from tests.sdk_server import start_sdk_server, stop_sdk_server
 
 MODERN = "2026-07-28"
 ENVELOPE = {

@@ -16,8 +16,8 @@ import orjson
 import pytest
 
 from gateway.protocol.sse_codec import SSEEvent, SSEParser
-from tests.gateway.serving import serve, serve_process
-from tests.sdk_server import start_sdk_server, stop_sdk_server
+from gateway.testing.sdk_server import start_sdk_server, stop_sdk_server
+from gateway.testing.serving import serve, serve_process
 
 # Guards against hangs only.
 HANG_GUARD = 30.0

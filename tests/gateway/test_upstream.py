@@ -13,6 +13,8 @@ import pytest
 from aiohttp import test_utils, web
 
 from gateway.protocol.sse_codec import SSEEvent, SSEParser
+from gateway.testing.sdk_server import start_sdk_server, stop_sdk_server
+from gateway.testing.servers import free_port
 from gateway.upstream import (
     MAX_RESUMES,
     OnStreamMessage,
@@ -21,8 +23,6 @@ from gateway.upstream import (
     UpstreamSessionLost,
 )
 from tests.gateway.fidelity_upstream import start_fidelity_server
-from tests.sdk_server import start_sdk_server, stop_sdk_server
-from tests.servers import free_port
 
 # Guards against hangs only; nothing asserts how fast anything is.
 HANG_GUARD = 30.0

@@ -31,12 +31,12 @@ from eventlog import (
     open_log,
 )
 from gateway.protocol.sse_codec import SSEEvent, SSEParser
+from gateway.testing.sdk_server import stop_sdk_server
+from gateway.testing.serving import serve, serve_process
 from gateway.upstream import Upstream
 from tests.gateway.fidelity_upstream import INSTRUCTIONS, SERVER_NAME, start_fidelity_server
 from tests.gateway.helpers import wait_for_record
-from tests.gateway.serving import serve, serve_process
 from tests.interop.test_mcp_sdk_gateway import READ_TIMEOUT, TRANSPORTS, RoundRobin, mcp_session
-from tests.sdk_server import stop_sdk_server
 
 # Guards against hangs only.
 HANG_GUARD = 30.0

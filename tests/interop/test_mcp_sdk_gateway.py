@@ -23,8 +23,8 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from eventlog import UpstreamSessionOpened, open_log
-from tests.gateway.serving import serve
-from tests.sdk_server import start_sdk_server, stop_sdk_server
+from gateway.testing.sdk_server import start_sdk_server, stop_sdk_server
+from gateway.testing.serving import serve
 
 READ_TIMEOUT = 10  # s; the SDK waits forever for an answer without one
 TRANSPORTS = ["streamable-http", "sse"]

@@ -9,7 +9,7 @@ from mcp import ClientSession
 from mcp.client.sse import sse_client
 from mcp.shared.exceptions import MCPError
 
-from tests.gateway.serving import serve
+from gateway.testing.serving import serve
 
 
 async def test_sdk_client_initializes_lists_and_calls_echo(tmp_path: Path) -> None:

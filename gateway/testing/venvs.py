@@ -1,6 +1,6 @@
 """Virtualenvs for software we measure or test against but do not depend on (the
 reference registry, mcp-persist): each in a directory of its own, made on first use
-and kept, so its pins never meet ours."""
+and kept, so its pins never meet ours. This module owns making and reusing them."""
 
 from __future__ import annotations
 

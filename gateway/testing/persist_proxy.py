@@ -1,6 +1,7 @@
 """``mcp-persist-proxy`` (PyPI ``mcp-persist``), the resumable MCP proxy a user would
 pick instead of ``sessionlog serve --upstream``: in its own virtualenv (see venvs.py),
-run as its README runs it, for the conformance tests and the proxy bench."""
+run as its README runs it, for the conformance tests and the proxy bench. This module
+owns its version, its virtualenv and running it."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.servers import accepts, free_port, wait_until
-from tests.venvs import cache_dir, ensure_venv
+from .servers import accepts, free_port, wait_until
+from .venvs import cache_dir, ensure_venv
 
 __all__ = ["BACKENDS", "VERSION", "PersistProxy", "ensure", "persist_proxy"]
 

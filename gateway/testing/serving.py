@@ -1,4 +1,5 @@
-"""`sessionlog serve` in a separate process, on a free port, for HTTP tests."""
+"""`sessionlog serve` in a separate process, on a free port, for HTTP tests and the
+bench: this module owns starting it, waiting until it accepts, and stopping it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.servers import accepts, free_port, wait_until
+from .servers import accepts, free_port, wait_until
 
 __all__ = ["Served", "free_port", "serve", "serve_process"]
 

