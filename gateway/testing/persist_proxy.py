@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .servers import accepts, free_port, wait_until
+from .servers import accepts, free_port, stop_process, wait_until
 from .venvs import cache_dir, ensure_venv
 
 __all__ = ["BACKENDS", "VERSION", "PersistProxy", "ensure", "persist_proxy"]
@@ -77,10 +77,4 @@ def persist_proxy(
         wait_until(lambda: accepts(port), "mcp-persist-proxy", process, output)
         yield PersistProxy(process, port)
     finally:
-        if process.poll() is None:
-            process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)

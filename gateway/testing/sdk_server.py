@@ -10,7 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .servers import accepts, free_port, wait_until
+from .servers import accepts, free_port, stop_process, wait_until
 
 __all__ = ["SDK_SERVER", "start_sdk_server", "stop_sdk_server"]
 
@@ -112,10 +112,4 @@ def start_sdk_server(
 
 
 def stop_sdk_server(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    stop_process(process, timeout=10)

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["PostgresServer", "RedisServer", "accepts", "free_port", "wait_until"]
+__all__ = ["PostgresServer", "RedisServer", "accepts", "free_port", "stop_process", "wait_until"]
 
 READY_TIMEOUT = 60.0  # seconds a server may take to accept connections
 
@@ -49,6 +49,18 @@ def wait_until(
         if time.monotonic() > deadline:
             raise RuntimeError(f"{what} not ready after {READY_TIMEOUT}s{output}")
         time.sleep(0.05)  # polling a starting server, not waiting for time to pass
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """SIGTERM a process unless it is gone already, and wait for it: SIGKILL after
+    ``timeout`` seconds."""
+    if process.poll() is None:
+        process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 class _Server:

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .servers import accepts, free_port, wait_until
+from .servers import accepts, free_port, stop_process, wait_until
 
 __all__ = ["Served", "free_port", "serve", "serve_process"]
 
@@ -42,13 +42,7 @@ def serve_process(
         wait_until(lambda: accepts(port), "sessionlog serve", process, output)
         yield Served(f"http://127.0.0.1:{port}", process)
     finally:
-        if process.poll() is None:
-            process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 @contextmanager
