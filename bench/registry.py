@@ -44,7 +44,8 @@ from eventlog import (
     open_log,
 )
 from gateway import HandlerContext, SessionRegistry
-from projections import SNAPSHOT_NAME, RegistryProjection, catch_up, encode_snapshot
+from gateway.reading import catch_up
+from projections import SNAPSHOT_NAME, RegistryProjection, encode_snapshot
 
 from .harness import Row, ScenarioResult, measured, percentile
 

@@ -29,10 +29,10 @@ __all__ = [
     "Append",
     "Claim",
     "EventLog",
+    "LogRow",
     "LogStats",
     "Operation",
     "Release",
-    "Row",
     "StoredEvent",
 ]
 
@@ -53,7 +53,7 @@ class StoredEvent(msgspec.Struct, array_like=True, gc=False):
     data: bytes
 
 
-class Row(msgspec.Struct, array_like=True, gc=False):
+class LogRow(msgspec.Struct, array_like=True, gc=False):
     """A record as storage returns it, before decoding."""
 
     position: int
@@ -195,7 +195,17 @@ class EventLog(ABC):
 
     async def tail(self, after: int = 0, *, limit: int = 1000) -> AsyncIterator[Record]:
         """Yield every record after ``after``, in order, then wait for new ones, until
-        the log is closed.
+        the log is closed (see :meth:`tail_pages`)."""
+        async for records, _ in self.tail_pages(after, limit=limit):
+            for record in records:
+                yield record
+
+    async def tail_pages(
+        self, after: int = 0, *, limit: int = 1000
+    ) -> AsyncIterator[tuple[list[Record], int]]:
+        """Yield the records after ``after`` a page at a time, each with the position
+        it reaches (past records that could not be decoded), then wait for new ones,
+        until the log is closed.
 
         One tail serves a whole worker: it costs one wait on the backend (a blocking
         read, a notification channel or a head poll), never one per session. While
@@ -216,8 +226,7 @@ class EventLog(ABC):
                 continue
             delay = 0.01
             position = rows[-1].position
-            for record in self._decode(rows):
-                yield record
+            yield self._decode(rows), position
 
     async def head(self) -> int:
         """Return the last position in the log, 0 when it is empty."""
@@ -294,7 +303,7 @@ class EventLog(ABC):
         """
 
     @abstractmethod
-    async def _read_rows(self, after: int, limit: int) -> list[Row]: ...
+    async def _read_rows(self, after: int, limit: int) -> list[LogRow]: ...
 
     @abstractmethod
     async def _head(self) -> int: ...
@@ -312,7 +321,7 @@ class EventLog(ABC):
         """Return when records after ``after`` may exist. Default: an append in this process."""
         await self._wakeup.wait(generation, None)
 
-    async def _tail_rows(self, after: int, limit: int) -> list[Row]:
+    async def _tail_rows(self, after: int, limit: int) -> list[LogRow]:
         """Return at least one row after ``after``, waiting as long as it takes."""
         while True:
             generation = self._wakeup.generation
@@ -324,7 +333,7 @@ class EventLog(ABC):
 
     # -- shared machinery --------------------------------------------------------
 
-    def _decode(self, rows: list[Row]) -> list[Record]:
+    def _decode(self, rows: list[LogRow]) -> list[Record]:
         records: list[Record] = []
         append, decode = records.append, decode_event
         for row in rows:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from .base import Append, Claim, EventLog, Operation, Release, Row, StoredEvent
+from .base import Append, Claim, EventLog, LogRow, Operation, Release, StoredEvent
 
 __all__ = ["MemoryEventLog"]
 
@@ -17,7 +17,7 @@ __all__ = ["MemoryEventLog"]
 class MemoryEventLog(EventLog):
     def __init__(self, *, url: str = "memory://", clock: Callable[[], float] = time.time) -> None:
         super().__init__(url=url, clock=clock)
-        self._rows: list[Row] = []  # row i holds position i + 1
+        self._rows: list[LogRow] = []  # row i holds position i + 1
         self._positions: dict[str, int] = {}  # event id -> position
         self._owners: dict[str, str] = {}
         self._snapshots: dict[str, tuple[int, bytes]] = {}
@@ -28,7 +28,7 @@ class MemoryEventLog(EventLog):
         if position is None:
             rows = self._rows
             position = positions[event.event_id] = len(rows) + 1
-            rows.append(Row(position, at, worker, event.data))
+            rows.append(LogRow(position, at, worker, event.data))
         return position
 
     async def _commit(self, operations: list[Operation]) -> list[object]:
@@ -55,7 +55,7 @@ class MemoryEventLog(EventLog):
                 results.append(owned)
         return results
 
-    async def _read_rows(self, after: int, limit: int) -> list[Row]:
+    async def _read_rows(self, after: int, limit: int) -> list[LogRow]:
         start = max(after, 0)
         return self._rows[start : start + limit]
 

@@ -17,7 +17,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
-from .base import Operation, Row
+from .base import LogRow, Operation
 from .sql import SQLEventLog
 
 __all__ = ["PostgresEventLog"]
@@ -95,11 +95,11 @@ class PostgresEventLog(SQLEventLog):
                     await conn.execute(self._notify)  # delivered when the transaction commits
         return results
 
-    async def _read_rows(self, after: int, limit: int) -> list[Row]:
+    async def _read_rows(self, after: int, limit: int) -> list[LogRow]:
         with self._translate_errors():
             async with self._engine.connect() as conn:
                 driver = (await conn.get_raw_connection()).driver_connection
-                return [Row(*row) for row in await driver.fetch(self._read_sql, after, limit)]
+                return [LogRow(*row) for row in await driver.fetch(self._read_sql, after, limit)]
 
     async def _head(self) -> int:
         with self._translate_errors():

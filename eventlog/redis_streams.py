@@ -21,7 +21,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from ._urls import check_namespace, redact
-from .base import Append, Claim, EventLog, Operation, Row
+from .base import Append, Claim, EventLog, LogRow, Operation
 from .errors import EventLogError, LogUnavailable
 
 __all__ = ["RedisEventLog"]
@@ -108,10 +108,10 @@ end
 """
 
 
-def _rows(entries: list[list[Any]]) -> list[Row]:
+def _rows(entries: list[list[Any]]) -> list[LogRow]:
     # Raw entries: [b"0-<position>", [b"t", at, b"w", worker, b"d", data]], as written.
     return [
-        Row(int(entry_id[2:]), float(fields[1]), fields[3].decode(), fields[5])
+        LogRow(int(entry_id[2:]), float(fields[1]), fields[3].decode(), fields[5])
         for entry_id, fields in entries
     ]
 
@@ -195,12 +195,12 @@ class RedisEventLog(EventLog):
                 results.append(bool(reply))
         return results
 
-    async def _read_rows(self, after: int, limit: int) -> list[Row]:
+    async def _read_rows(self, after: int, limit: int) -> list[LogRow]:
         with self._translate_errors():
             entries = await self._redis.xrange(self._stream, f"(0-{after}", "+", count=limit)
         return _rows(entries)
 
-    async def _tail_rows(self, after: int, limit: int) -> list[Row]:
+    async def _tail_rows(self, after: int, limit: int) -> list[LogRow]:
         while True:
             self.stats.queries += 1
             with self._translate_errors():

@@ -22,7 +22,7 @@ from sqlalchemy import Engine, create_engine
 from sqlalchemy import event as sa_event
 from sqlalchemy.engine import make_url
 
-from .base import Operation, Row
+from .base import LogRow, Operation
 from .errors import EventLogError
 from .sql import SQLEventLog
 
@@ -109,13 +109,13 @@ class SQLiteEventLog(SQLEventLog):
                 conn.exec_driver_sql(self._insert_sql, rows)
         return results
 
-    async def _read_rows(self, after: int, limit: int) -> list[Row]:
+    async def _read_rows(self, after: int, limit: int) -> list[LogRow]:
         return await self._in_thread(self._read_threads, self._read_now, after, limit)
 
-    def _read_now(self, after: int, limit: int) -> list[Row]:
+    def _read_now(self, after: int, limit: int) -> list[LogRow]:
         with self._reader.connect() as conn:
             cursor = conn.connection.driver_connection.execute(self._read_sql, (after, limit))
-            return [Row(*row) for row in cursor.fetchall()]
+            return [LogRow(*row) for row in cursor.fetchall()]
 
     async def _head(self) -> int:
         return await self._in_thread(self._read_threads, self._head_now)

@@ -40,10 +40,8 @@ def build_app(settings: Settings, *, worker_id: str | None = None) -> web.Applic
         worker_id=worker_id,
         handler=dispatcher,
         capabilities=tools.HANDSHAKE_CAPABILITIES,
-        session_ttl=int(settings.session_ttl),
-        heartbeat_interval=settings.heartbeat_interval,
+        settings=settings,
     )
-    dispatcher.registry = registry
     metrics = operations.Metrics(registry)
     limits = StreamLimits(settings.max_streams_per_identity, settings.max_sessions)
     app = web.Application(client_max_size=MAX_BODY, middlewares=guards(settings, authenticator))
@@ -61,7 +59,7 @@ def build_app(settings: Settings, *, worker_id: str | None = None) -> web.Applic
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         await registry.initialize()
-        registry.runtime.delivery_observer = metrics.delivery_latency.observe
+        registry.runtime.streams.delivery_observer = metrics.delivery_latency.observe
         dispatcher.attach(registry.runtime)
         subscriptions.attach()
         if relay is not None:

@@ -19,18 +19,18 @@ from typing import Any
 
 from eventlog import UpstreamSessionOpened
 
-from . import tools
+from . import lifecycle, tools
+from .answering import HandlerContext
 from .protocol import (
     HANDSHAKE_VERSIONS,
     INTERNAL_ERROR,
-    MISSING_PROTOCOL_VERSION,
     error_response,
+    errors,
     result_response,
 )
-from .registry import SessionRegistry
+from .runtime import WorkerRuntime
 from .upstream import Upstream, UpstreamError, UpstreamSessionLost
 from .upstream_listening import UpstreamListeners
-from .worker import HandlerContext, WorkerRuntime
 
 __all__ = ["Dispatcher"]
 
@@ -41,11 +41,11 @@ class Dispatcher:
     def __init__(self, upstream: str | None = None) -> None:
         self.upstream = Upstream(upstream) if upstream else None
         self.listeners = UpstreamListeners(self.upstream) if self.upstream else None
-        # Set once the registry that calls this dispatcher exists (each needs the other).
-        self.registry: SessionRegistry | None = None
+        self.runtime: WorkerRuntime | None = None  # once attached
 
     def attach(self, runtime: WorkerRuntime) -> None:
-        """Start following the started registry's log (the upstream's streams)."""
+        """Answer with the started runtime, and follow its log (the upstream's streams)."""
+        self.runtime = runtime
         if self.listeners is not None:
             self.listeners.attach(runtime)
 
@@ -56,10 +56,10 @@ class Dispatcher:
             await self.upstream.close()
 
     async def __call__(self, message: dict[str, Any], ctx: HandlerContext) -> dict[str, Any] | None:
-        assert self.registry is not None
         method = message.get("method") if isinstance(message, dict) else None
         if method == "ping" or (method == "initialize" and self.upstream is None):
-            return await self.registry.answer_default(message, ctx)
+            capabilities = tools.HANDSHAKE_CAPABILITIES
+            return await lifecycle.answer(message, ctx.session_id, self.runtime, capabilities)
         if self.upstream is None:
             return tools.answer(message)
         if method == "initialize":
@@ -71,24 +71,28 @@ class Dispatcher:
     # -- the upstream --------------------------------------------------------------
 
     def _runtime(self) -> WorkerRuntime:
-        assert self.registry is not None
-        return self.registry.runtime
+        assert self.runtime is not None, "Dispatcher.attach() has not been called"
+        return self.runtime
 
     async def _initialize(self, message: dict[str, Any], ctx: HandlerContext) -> dict[str, Any]:
         """Open the upstream session now (so the client learns of a dead upstream at
         once) and answer with its initialize result; record the client's info and
         capabilities with the version the upstream chose."""
-        assert self.registry is not None
         request_id, params = message.get("id"), message.get("params")
         if not isinstance(params, dict) or not params.get("protocolVersion"):
-            return error_response(request_id, MISSING_PROTOCOL_VERSION, "Missing protocol version")
+            missing = errors.missing_protocol_version(request_id)
+            return error_response(request_id, missing.code, missing.message)
         try:
             result = await self._open_upstream(ctx.session_id, params)
         except UpstreamError as exc:
             return error_response(request_id, INTERNAL_ERROR, f"upstream: {exc}")
-        # The registry records the initialize as agreed (its own answer is not ours).
-        agreed = {**params, "protocolVersion": result["protocolVersion"]}
-        await self.registry.handle_initialize_logic(agreed, ctx.session_id, ctx.server_id)
+        # Recorded as agreed: the version the upstream chose.
+        client_info = params.get("clientInfo") or {}
+        capabilities = params.get("capabilities") or {}
+        version = result["protocolVersion"]
+        await lifecycle.record_client(
+            self._runtime(), ctx.session_id, version, client_info, capabilities
+        )
         return result_response(request_id, result)
 
     async def _open_upstream(self, session_id: str, params: dict[str, Any]) -> dict[str, Any]:

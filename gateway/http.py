@@ -15,8 +15,8 @@ from projections import SessionState
 
 from .auth import Authenticator, AuthError
 from .protocol import ProtocolError, errors
+from .runtime import WorkerRuntime
 from .settings import LOOPBACK_HOSTS, Settings
-from .worker import WorkerRuntime
 
 __all__ = [
     "IDENTITY",

@@ -50,7 +50,7 @@ class _RegistryCollector(Collector):
             value=len(runtime.projection.state.sessions),
         )
         yield GaugeMetricFamily(
-            "sessionlog_streams", "Client streams held by this worker.", value=len(runtime.local)
+            "sessionlog_streams", "Client streams held by this worker.", value=len(runtime.streams)
         )
         yield GaugeMetricFamily(
             "sessionlog_log_position",

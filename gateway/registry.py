@@ -7,14 +7,18 @@ session added on one worker exists on all of them as soon as the call returns,
 and nothing broadcast is lost or delivered twice.
 
 Where we differ on purpose: ``broadcast`` to a session that exists nowhere raises
-:class:`SessionNotFound` (the reference drops the message silently), and writes
-that cannot reach the backend raise :class:`~eventlog.LogUnavailable` rather than
-being logged and forgotten. Queries keep the reference's "None when the backend
-cannot answer".
+:class:`SessionNotFound` (the reference drops the message silently), writes that
+cannot reach the backend raise :class:`~eventlog.LogUnavailable` rather than being
+logged and forgotten, and ``handle_initialize_logic`` raises the gateway's own
+:class:`~gateway.protocol.errors.ProtocolError` (HTTP 400, JSON-RPC -32002) where the
+reference raises its web framework's 400: the registry has no HTTP in it. Queries
+keep the reference's "None when the backend cannot answer". The ``"none"`` backend
+is a registry of its own that tracks nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import time
@@ -23,26 +27,15 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
-from aiohttp import web
 
-from eventlog import (
-    CapabilitiesRecorded,
-    ClientMessage,
-    EventLog,
-    LogUnavailable,
-    open_log,
-)
+from eventlog import EventLog, LogUnavailable, open_log
+from projections import SentMessage
 
-from .errors import SessionNotFound
-from .protocol import (
-    METHOD_NOT_FOUND,
-    MISSING_PROTOCOL_VERSION,
-    SERVER_INFO,
-    error_response,
-    negotiate_version,
-    result_response,
-)
-from .worker import HandlerContext, MessageHandler, Transport, WorkerRuntime
+from . import lifecycle
+from .answering import HandlerContext, MessageHandler
+from .held_streams import Transport
+from .runtime import WorkerRuntime
+from .settings import Settings
 
 __all__ = ["BACKENDS", "SessionRegistry"]
 
@@ -68,6 +61,23 @@ def log_url_for(backend: str, redis_url: str | None, database_url: str | None) -
     return "memory://"
 
 
+class MessageTransport:
+    """A transport of the reference's kind (``send_message(dict)``), held as ours:
+    each server message is sent decoded, without its position."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    async def deliver(self, message: SentMessage) -> None:
+        await self.inner.send_message(orjson.loads(message.payload))
+
+    async def disconnect(self) -> None:
+        await self.inner.disconnect()
+
+    async def is_connected(self) -> bool:
+        return await self.inner.is_connected()
+
+
 class SessionRegistry:
     """Sessions, their owners and their messages, shared by every worker of a log.
 
@@ -80,22 +90,25 @@ class SessionRegistry:
     initialize result declares: only what the handler serves (none without one).
     """
 
+    def __new__(cls, backend: str = "memory", *args: Any, **kwargs: Any) -> SessionRegistry:
+        if cls is SessionRegistry and str(backend).lower() == "none":
+            return super().__new__(_UntrackedRegistry)
+        return super().__new__(cls)
+
     def __init__(
         self,
         backend: str = "memory",
         redis_url: str | None = None,
         database_url: str | None = None,
-        session_ttl: int = 3600,
-        message_ttl: int = 600,
+        session_ttl: float | None = None,
+        message_ttl: float | None = None,
         *,
         log_url: str | None = None,
         worker_id: str | None = None,
         handler: MessageHandler | None = None,
         capabilities: dict[str, Any] | None = None,
         clock: Callable[[], float] = time.time,
-        # Timeouts
-        heartbeat_interval: float = 5.0,
-        worker_ttl: float | None = None,
+        settings: Settings | None = None,
     ) -> None:
         self._backend = backend.lower()
         if self._backend not in BACKENDS:
@@ -104,16 +117,16 @@ class SessionRegistry:
             raise ValueError("Redis backend requires redis_url")
         if self._backend == "database" and not database_url and not log_url:
             raise ValueError("Database backend requires database_url")
-        self._session_ttl = session_ttl
-        self._message_ttl = message_ttl
+        # The reference's arguments, where given, over the settings' values.
+        given = {"session_ttl": session_ttl, "message_ttl": message_ttl}
+        self.settings = dataclasses.replace(
+            settings or Settings(), **{k: v for k, v in given.items() if v is not None}
+        )
         self._log_url = log_url or log_url_for(self._backend, redis_url, database_url)
         self.worker_id = worker_id or f"worker-{secrets.token_hex(6)}"
-        self._handler = handler or self.answer_default
+        self._handler = handler or self._answer_lifecycle
         self._capabilities = capabilities or {}
         self._clock = clock
-        self._heartbeat_interval = heartbeat_interval
-        # Dead after three missed heartbeats, unless told otherwise.
-        self._worker_ttl = worker_ttl if worker_ttl is not None else 3 * heartbeat_interval
         self._log: EventLog | None = None
         self._runtime: WorkerRuntime | None = None
         # After shutdown() nothing starts the registry again behind the caller's back
@@ -128,19 +141,12 @@ class SessionRegistry:
         Idempotent. ``housekeeping=False`` leaves heartbeats and sweeps to the
         caller (:attr:`runtime`), as tests with an injected clock do.
         """
-        if self._backend == "none" or self._runtime is not None:
+        if self._runtime is not None:
             return
         self._shut_down = False
         self._log = await open_log(self._log_url, clock=self._clock)
         runtime = WorkerRuntime(
-            self._log,
-            self.worker_id,
-            self._handler,
-            clock=self._clock,
-            heartbeat_interval=self._heartbeat_interval,
-            worker_ttl=self._worker_ttl,
-            session_ttl=self._session_ttl,
-            message_ttl=self._message_ttl,
+            self._log, self.worker_id, self._handler, settings=self.settings, clock=self._clock
         )
         try:
             await runtime.start(housekeeping=housekeeping)
@@ -197,35 +203,28 @@ class SessionRegistry:
         When the call returns, every worker sees the session. If another worker held
         it, this worker takes it over (the client's newest stream wins).
         """
-        if self._backend == "none":
-            return
         runtime = await self.started()
         kind = getattr(transport, "kind", "sse")
-        await runtime.open_session(session_id, transport, kind, user)
-        logger.info("added session %s", session_id, extra={"session_id": session_id})
+        held = transport if isinstance(transport, Transport) else MessageTransport(transport)
+        await runtime.streams.open(session_id, held, kind, user)
 
     async def remove_session(self, session_id: str, reason: str = "removed") -> None:
         """Disconnect the local transport, release ownership and record the close."""
-        if self._backend == "none":
-            return
         runtime = await self.started()
-        await runtime.close_session(session_id, reason)  # type: ignore[arg-type]
-        logger.info("removed session %s (%s)", session_id, reason, extra={"session_id": session_id})
+        await runtime.streams.close(session_id, reason)  # type: ignore[arg-type]
 
     async def get_session(self, session_id: str) -> Any:
         """The transport if this worker holds the session, else None."""
         return self.get_session_sync(session_id)
 
     def get_session_sync(self, session_id: str) -> Any:
-        if self._backend == "none" or self._runtime is None:
+        if self._runtime is None:
             return None
-        local = self._runtime.local.get(session_id)
-        return local.transport if local is not None else None
+        transport = self._runtime.streams.transport(session_id)
+        return transport.inner if isinstance(transport, MessageTransport) else transport
 
     async def session_exists(self, session_id: str) -> bool | None:
         """Whether the session is open on any worker; None if the log cannot answer."""
-        if self._backend == "none":
-            return False
         if self.get_session_sync(session_id) is not None:
             return True
         runtime = await self._synced("check session", session_id)
@@ -235,14 +234,12 @@ class SessionRegistry:
         """The sessions held on this worker (as the reference: local ones)."""
         if self._runtime is None:
             return []
-        return list(self._runtime.local)
+        return self._runtime.streams.session_ids()
 
     # -- owners (the identity a session belongs to) ------------------------------------
 
     async def set_session_owner(self, session_id: str, owner_email: str | None) -> None:
         """Make ``owner_email`` the session's owner, or clear the owner with None."""
-        if self._backend == "none":
-            return
         runtime = await self.started()
         await runtime.sync()
         for _ in range(OWNER_ATTEMPTS):
@@ -262,8 +259,6 @@ class SessionRegistry:
 
         Returns the effective owner, or None when the log cannot be reached.
         """
-        if self._backend == "none":
-            return owner_email
         try:
             runtime = await self.started()
             owner = await runtime.log.claim(session_id, owner_email, role="user")
@@ -276,8 +271,6 @@ class SessionRegistry:
             return None
 
     async def get_session_owner(self, session_id: str) -> str | None:
-        if self._backend == "none":
-            return None
         runtime = await self._synced("get the owner of session", session_id)
         return None if runtime is None else runtime.projection.state.users.get(session_id)
 
@@ -294,17 +287,9 @@ class SessionRegistry:
             SessionNotFound: the session is not open on any worker.
             LogUnavailable: the log cannot be reached; nothing was sent.
         """
-        if self._backend == "none":
-            return
         runtime = await self.started()
-        if runtime.projection.session(session_id) is None:
-            # Not known here yet: it may have been opened elsewhere a moment ago.
-            await runtime.sync()
-            if runtime.projection.session(session_id) is None:
-                raise SessionNotFound(session_id)
         payload = message if isinstance(message, bytes) else orjson.dumps(message)
-        event = ClientMessage(session_id=session_id, payload=payload)
-        await runtime.log.append([event], worker=self.worker_id)
+        await runtime.answers.record(session_id, payload)
 
     async def respond(self, server_id: str | None, user: dict[str, Any], session_id: str) -> None:
         """Answer the session's client messages on this worker until it closes.
@@ -312,10 +297,8 @@ class SessionRegistry:
         Like the reference, meant to run as a task per session; unlike it, the task
         waits without polling: the worker's one tail hands it each message.
         """
-        if self._backend == "none":
-            return
         runtime = await self.started()
-        await runtime.respond(session_id, HandlerContext(session_id, server_id, user))
+        await runtime.answers.respond(session_id, HandlerContext(session_id, server_id, user))
 
     async def generate_response(
         self,
@@ -330,24 +313,11 @@ class SessionRegistry:
         if reply is not None:
             await transport.send_message(reply)
 
-    async def answer_default(
+    async def _answer_lifecycle(
         self, message: dict[str, Any], ctx: HandlerContext
     ) -> dict[str, Any] | None:
-        """The default handler: initialize and ping here, nothing else."""
-        if not isinstance(message, dict) or "id" not in message:
-            return None  # notifications and responses need no answer
-        request_id, method = message["id"], message.get("method")
-        if method == "initialize":
-            try:
-                result = await self.handle_initialize_logic(
-                    message.get("params") or {}, ctx.session_id, ctx.server_id
-                )
-            except web.HTTPBadRequest as exc:
-                return error_response(request_id, MISSING_PROTOCOL_VERSION, exc.text or "")
-            return result_response(request_id, result)
-        if method == "ping":
-            return result_response(request_id, {})
-        return error_response(request_id, METHOD_NOT_FOUND, f"Method not found: {method}")
+        """The handler without one given: initialize and ping, nothing else."""
+        return await lifecycle.answer(message, ctx.session_id, self._runtime, self._capabilities)
 
     # -- initialize and capabilities ------------------------------------------------------
 
@@ -361,63 +331,17 @@ class SessionRegistry:
         return the initialize result.
 
         Raises:
-            aiohttp.web.HTTPBadRequest: no protocol version (header MCP-Error-Code: -32002).
+            ProtocolError: no protocol version (HTTP 400, JSON-RPC -32002).
         """
-        requested = body.get("protocol_version") or body.get("protocolVersion")
-        if not requested:
-            raise web.HTTPBadRequest(
-                text="Missing protocol version",
-                headers={"MCP-Error-Code": str(MISSING_PROTOCOL_VERSION)},
-            )
-        capabilities = body.get("capabilities") or {}
-        client_info = body.get("client_info") or body.get("clientInfo") or {}
-        negotiated = negotiate_version(str(requested))
-        if session_id and self._backend != "none":
-            await self._record_capabilities(session_id, negotiated, client_info, capabilities)
-        return {
-            "protocolVersion": negotiated,
-            "capabilities": self._capabilities,
-            "serverInfo": SERVER_INFO,
-        }
-
-    async def _record_capabilities(
-        self,
-        session_id: str,
-        protocol_version: str | None,
-        client_info: dict[str, Any] | None,
-        capabilities: dict[str, Any],
-    ) -> None:
-        runtime = await self.started()
-        session = runtime.projection.session(session_id)
-        # Only objects are recorded: anything else from a client would make a record
-        # that no reader can decode.
-        if not isinstance(capabilities, dict):
-            capabilities = {}
-        if client_info is not None and not isinstance(client_info, dict):
-            client_info = {}
-        # What this call does not say is kept from what was recorded before.
-        if protocol_version is None:
-            protocol_version = session.protocol_version if session is not None else None
-        if client_info is None:
-            client_info = session.client_info if session is not None else {}
-        event = CapabilitiesRecorded(
-            session_id=session_id,
-            protocol_version=protocol_version or "",
-            client_info=client_info,
-            capabilities=capabilities,
-        )
-        await runtime.log.append([event], worker=self.worker_id)
+        runtime = await self.started() if session_id else None
+        return await lifecycle.initialize(runtime, body, session_id, self._capabilities)
 
     async def store_client_capabilities(
         self, session_id: str, capabilities: dict[str, Any]
     ) -> None:
-        if self._backend == "none":
-            return
-        await self._record_capabilities(session_id, None, None, capabilities)
+        await lifecycle.record_client(await self.started(), session_id, None, None, capabilities)
 
     async def get_client_capabilities(self, session_id: str) -> dict[str, Any] | None:
-        if self._backend == "none":
-            return None
         runtime = await self._synced("read capabilities of session", session_id)
         if runtime is None:
             return None
@@ -437,7 +361,56 @@ class SessionRegistry:
         await runtime.sync()
         return [
             session_id
-            for session_id in runtime.local
+            for session_id in runtime.streams.session_ids()
             if (session := runtime.projection.session(session_id)) is not None
             and session.capabilities.get("elicitation") is not None
         ]
+
+
+class _UntrackedRegistry(SessionRegistry):
+    """The ``"none"`` backend: tracks nothing and answers as the reference's does."""
+
+    async def initialize(self, *, housekeeping: bool = True) -> None:
+        pass
+
+    async def add_session(
+        self, session_id: str, transport: Transport, *, user: str | None = None
+    ) -> None:
+        pass
+
+    async def remove_session(self, session_id: str, reason: str = "removed") -> None:
+        pass
+
+    async def session_exists(self, session_id: str) -> bool | None:
+        return False
+
+    async def set_session_owner(self, session_id: str, owner_email: str | None) -> None:
+        pass
+
+    async def claim_session_owner(self, session_id: str, owner_email: str) -> str | None:
+        return owner_email
+
+    async def get_session_owner(self, session_id: str) -> str | None:
+        return None
+
+    async def broadcast(self, session_id: str, message: Any) -> None:
+        pass
+
+    async def respond(self, server_id: str | None, user: dict[str, Any], session_id: str) -> None:
+        pass
+
+    async def handle_initialize_logic(
+        self,
+        body: dict[str, Any],
+        session_id: str | None = None,
+        server_id: str | None = None,
+    ) -> dict[str, Any]:
+        return await lifecycle.initialize(None, body, session_id, self._capabilities)
+
+    async def store_client_capabilities(
+        self, session_id: str, capabilities: dict[str, Any]
+    ) -> None:
+        pass
+
+    async def get_client_capabilities(self, session_id: str) -> dict[str, Any] | None:
+        return None

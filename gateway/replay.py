@@ -24,7 +24,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from eventlog import EventLog, EventLogError, Record, open_log
-from projections import RegistryProjection, Selection, select, state_at
+from projections import RegistryProjection, Selection
+
+from .reading import select, state_at
 
 __all__ = ["ReplayError", "parse_point", "replay"]
 
@@ -137,7 +139,7 @@ class Printer:
                 "session_id": s.session_id,
                 "transport": s.transport,
                 "user": state.users.get(s.session_id) or s.user,
-                "owner": s.owner,
+                "holder": s.holder,
                 "opened": _iso(s.opened_at),
                 "last_activity": _iso(s.last_activity),
                 "pending": len(s.pending),

@@ -1,39 +1,145 @@
-"""Gateway settings: what ``sessionlog serve`` takes as flags or SESSIONLOG_* variables."""
+"""Gateway settings: one frozen struct, the one place each value and its default live.
+
+``sessionlog serve`` makes one option per field (``--<name>``, or the field's
+``flag``), each also read from ``SESSIONLOG_<NAME>``; the app, the registry and the
+worker runtime read the struct. Nothing else holds a default of its own.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
-__all__ = ["DEFAULT_LOG", "LOOPBACK_HOSTS", "Settings"]
+__all__ = ["DEFAULT_LOG", "LOOPBACK_HOSTS", "Option", "Settings", "options"]
 
 DEFAULT_LOG = "sqlite:///sessionlog.db"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
+def _names(value: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in value.split(",") if name.strip())
+
+
+def _yes(value: str) -> bool:
+    return value.lower() in ("1", "true", "yes")
+
+
+def _setting(
+    default: Any,
+    help: str,
+    *,
+    group: str = "",
+    flag: str | None = None,
+    parse: Callable[[str], Any] | None = None,
+    choices: tuple[str, ...] | None = None,
+) -> Any:
+    """A field of :class:`Settings` with what its command-line option needs."""
+    metadata = {"help": help, "group": group, "flag": flag, "parse": parse, "choices": choices}
+    return field(default=default, metadata=metadata)
+
+
+_AUTH = "auth (default: none)"
+_GUARD = "DNS-rebinding guard"
+_LIMITS = "limits and timeouts"
+
+
 @dataclass(frozen=True)
 class Settings:
-    log_url: str = DEFAULT_LOG
-    host: str = "127.0.0.1"
-    port: int = 8000
-    workers: int = 1
-    # Streamable HTTP URL of the MCP server requests are forwarded to; None: built-ins.
-    upstream: str | None = None
+    log_url: str = _setting(DEFAULT_LOG, "event log URL", flag="--log")
+    host: str = _setting("127.0.0.1", "address to listen on")
+    port: int = _setting(8000, "port to listen on", parse=int)
+    workers: int = _setting(1, "processes sharing the port", parse=int)
+    upstream: str | None = _setting(
+        None, "Streamable HTTP URL of an MCP server to forward to (default: built-in tools)"
+    )
     # Auth: a static bearer token, or JWTs checked with a secret (HS256) or a public
     # key (RS256/ES256); none of them: no auth.
-    auth_token: str | None = None
-    jwt_secret: str | None = None
-    jwt_public_key: str | None = None
-    jwt_audience: str | None = None
-    jwt_issuer: str | None = None
-    # DNS-rebinding guard: Origin and Host headers accepted. Empty: loopback only when
-    # serving on a loopback address, anything otherwise; "*" accepts anything.
-    allowed_origins: tuple[str, ...] = ()
-    allowed_hosts: tuple[str, ...] = ()
+    auth_token: str | None = _setting(None, "a static bearer token", group=_AUTH)
+    jwt_secret: str | None = _setting(None, "HS256 secret for JWTs", group=_AUTH)
+    jwt_public_key: str | None = _setting(None, "RS256/ES256 PEM key or its path", group=_AUTH)
+    jwt_audience: str | None = _setting(None, "the audience JWTs must name", group=_AUTH)
+    jwt_issuer: str | None = _setting(None, "the issuer JWTs must name", group=_AUTH)
+    # Empty: loopback only when serving on a loopback address, anything otherwise.
+    allowed_origins: tuple[str, ...] = _setting(
+        (),
+        "comma-separated Origins, or * (default: loopback origins on a loopback host)",
+        group=_GUARD,
+        parse=_names,
+    )
+    allowed_hosts: tuple[str, ...] = _setting(
+        (),
+        "comma-separated Host names, or * (default: loopback names on a loopback host)",
+        group=_GUARD,
+        parse=_names,
+    )
     # Limits
-    max_streams_per_identity: int = 100  # open streams of one identity on one worker
-    max_sessions: int = 10_000  # open sessions a worker creates new ones up to
-    # Timeouts
-    heartbeat_interval: float = 5.0  # s; a worker is dead after three missed beats
-    session_ttl: float = 1800.0  # s an unheld session may idle before it expires
-    log_format: str = "text"  # or "json": one JSON object per line
-    access_log: bool = False  # one line per HTTP request
+    max_streams_per_identity: int = _setting(
+        100, "open streams of one identity on one worker", group=_LIMITS, parse=int
+    )
+    max_sessions: int = _setting(
+        10_000, "open sessions a worker creates new ones up to", group=_LIMITS, parse=int
+    )
+    # Timeouts, in seconds
+    session_ttl: float = _setting(
+        3600.0, "seconds an unheld session may idle before it expires", group=_LIMITS, parse=float
+    )
+    message_ttl: float = _setting(
+        600.0, "seconds a client message may wait for its answer", group=_LIMITS, parse=float
+    )
+    heartbeat_interval: float = _setting(
+        5.0,
+        "seconds between heartbeats; a worker is dead after three missed",
+        group=_LIMITS,
+        parse=float,
+    )
+    sweep_interval: float = _setting(
+        30.0, "seconds between looks for what has expired", group=_LIMITS, parse=float
+    )
+    snapshot_every: int = _setting(
+        10_000, "records between snapshots of the registry", group=_LIMITS, parse=int
+    )
+    log_format: str = _setting("text", "json: one JSON object per line", choices=("text", "json"))
+    access_log: bool = _setting(
+        False, "log every HTTP request (it costs ~0.2 ms a request)", parse=_yes
+    )
+
+    @property
+    def worker_ttl(self) -> float:
+        """How long a worker that stopped beating counts as alive: three beats."""
+        return 3 * self.heartbeat_interval
+
+
+@dataclass(frozen=True)
+class Option:
+    """The command-line option of one setting."""
+
+    name: str  # the field's
+    flag: str
+    env: str
+    default: Any
+    help: str
+    group: str
+    parse: Callable[[str], Any] | None
+    choices: tuple[str, ...] | None
+
+
+def options() -> list[Option]:
+    """One option per setting, in the struct's order."""
+    found = []
+    for each in dataclasses.fields(Settings):
+        flag = each.metadata["flag"] or "--" + each.name.replace("_", "-")
+        found.append(
+            Option(
+                name=each.name,
+                flag=flag,
+                env="SESSIONLOG_" + flag[2:].upper().replace("-", "_"),
+                default=each.default,
+                help=each.metadata["help"],
+                group=each.metadata["group"],
+                parse=each.metadata["parse"],
+                choices=each.metadata["choices"],
+            )
+        )
+    return found

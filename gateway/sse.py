@@ -54,7 +54,7 @@ async def open_stream(request: web.Request) -> web.StreamResponse:
 
         try:
             await hold_stream(
-                request, registry, transport, after=after, first_event=endpoint, on_end="close"
+                request, runtime, transport, after=after, first_event=endpoint, on_end="close"
             )
         except LogUnavailable as exc:  # before the response started
             raise unavailable(exc) from None
@@ -71,7 +71,7 @@ async def post_message(request: web.Request) -> web.Response:
     try:
         runtime = await registry.started()
         await find_session(runtime, session_id, request[IDENTITY])
-        await registry.broadcast(session_id, body)
+        await runtime.answers.record(session_id, body)
     except SessionNotFound:
         raise errors.unknown_session(session_id) from None
     except LogUnavailable as exc:

@@ -24,6 +24,7 @@ from aiohttp_sse import EventSourceResponse, sse_response
 from eventlog import LogUnavailable, SessionOpened
 from projections import SentMessage
 
+from .answering import HandlerContext
 from .http import IDENTITY, find_session, read_body, unavailable
 from .protocol import ASSUMED_VERSION, HANDSHAKE_VERSIONS, PRIMING_SINCE, errors, negotiate_version
 from .protocol.headers import (
@@ -45,7 +46,6 @@ from .streams import (
     event_stream,
     hold_stream,
 )
-from .worker import HandlerContext
 
 __all__ = ["MCP_PATH", "SESSION_ENDED", "add_routes"]
 
@@ -107,14 +107,14 @@ async def post(request: web.Request) -> web.StreamResponse:
         else:
             session_id, opening = inbound.session_id, None
             await find_session(runtime, session_id, identity)
-        message_id, position = await runtime.accept(session_id, inbound.body, opening)
+        message_id, position = await runtime.answers.accept(session_id, inbound.body, opening)
         ctx = HandlerContext(session_id, None, {"identity": identity})
         if inbound.kind != "request":
             # A notification, or a response to a server request: recorded, handled.
-            await runtime.answer_shielded(session_id, message_id, message, ctx)
+            await runtime.answers.answer_shielded(session_id, message_id, message, ctx)
             return web.Response(status=202, headers=_reply_headers(session_id))
         if not accept.sse:
-            reply = await runtime.answer_shielded(session_id, message_id, message, ctx)
+            reply = await runtime.answers.answer_shielded(session_id, message_id, message, ctx)
             assert reply is not None  # a request always has an answer
             headers = _reply_headers(session_id)
             return web.Response(
@@ -136,7 +136,7 @@ async def post(request: web.Request) -> web.StreamResponse:
             await _send_event(stream, sent, message_id)
 
         try:
-            reply = await runtime.answer_shielded(
+            reply = await runtime.answers.answer_shielded(
                 session_id, message_id, message, ctx, send_related=send
             )
         except LogUnavailable as exc:
@@ -170,10 +170,10 @@ async def get(request: web.Request) -> web.StreamResponse:
         return await _resume_request(request, registry, session_id, message_id, after or 0)
     if after is None:
         # Held here is known at once; held elsewhere, once the claim is folded.
-        held_here = registry.get_session_sync(session_id) is not None
+        held_here = session_id in runtime.streams
         if held_here or (
-            session.owner is not None
-            and runtime.projection.is_alive(session.owner, runtime.clock(), runtime.worker_ttl)
+            session.holder is not None
+            and runtime.projection.is_alive(session.holder, runtime.clock(), runtime.worker_ttl)
         ):
             raise errors.conflicting_stream()
     if after is None:
@@ -194,7 +194,7 @@ async def get(request: web.Request) -> web.StreamResponse:
 
         try:
             await hold_stream(
-                request, registry, transport, after=after, first_event=prime, on_end="release"
+                request, runtime, transport, after=after, first_event=prime, on_end="release"
             )
         except LogUnavailable as exc:  # before the response started
             raise unavailable(exc) from None
@@ -214,7 +214,7 @@ async def _resume_request(
         send_timeout=SEND_TIMEOUT,
     ) as stream:
         try:
-            async for sent in runtime.follow_request(session_id, message_id, after):
+            async for sent in runtime.answers.follow_request(session_id, message_id, after):
                 await _send_event(stream, sent, message_id)
         except LogUnavailable as exc:
             unavailable(exc)
@@ -229,7 +229,7 @@ async def delete(request: web.Request) -> web.Response:
         await find_session(runtime, session_id, request[IDENTITY])
         if (ended := request.app.get(SESSION_ENDED)) is not None:
             await ended(session_id)
-        await registry.remove_session(session_id, "client")
+        await runtime.streams.close(session_id, "client")
     except LogUnavailable as exc:
         raise unavailable(exc) from None
     return web.Response(status=200, headers=_reply_headers(session_id))

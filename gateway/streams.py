@@ -23,10 +23,10 @@ from aiohttp_sse import EventSourceResponse
 from eventlog import LogUnavailable
 from projections import SentMessage
 
+from .answering import HandlerContext
 from .http import IDENTITY
 from .protocol import errors
-from .registry import SessionRegistry
-from .worker import WorkerRuntime
+from .runtime import WorkerRuntime
 
 __all__ = [
     "KEEPALIVE",
@@ -124,7 +124,7 @@ def event_stream(headers: dict[str, str] | None = None) -> EventSourceResponse:
 
 async def hold_stream(
     request: web.Request,
-    registry: SessionRegistry,
+    runtime: WorkerRuntime,
     transport: EventStreamTransport,
     *,
     after: int | None,
@@ -143,17 +143,17 @@ async def hold_stream(
     """
     session_id, stream = transport.session_id, transport.stream
     identity = request[IDENTITY]
-    await registry.add_session(session_id, transport, user=identity)
-    runtime = registry.runtime
+    await runtime.streams.open(session_id, transport, transport.kind, identity)
     cutoff = runtime.projection.position
-    helpers = [asyncio.create_task(registry.respond(None, {"identity": identity}, session_id))]
+    context = HandlerContext(session_id, None, {"identity": identity})
+    helpers = [asyncio.create_task(runtime.answers.respond(session_id, context))]
     try:
         await stream.prepare(request)
         async with stream:
             if first_event is not None:
                 await first_event(cutoff if after is None else after)
             if after is not None:
-                for message in await runtime.replay(session_id, after, cutoff):
+                for message in await runtime.sent_after(session_id, after, cutoff):
                     await transport.send_event(message)
             transport.start(cutoff)
             await stream.wait()
@@ -163,8 +163,8 @@ async def hold_stream(
         for helper in helpers:
             helper.cancel()
         with contextlib.suppress(LogUnavailable):
-            if registry.get_session_sync(session_id) is transport:
+            if runtime.streams.transport(session_id) is transport:
                 if on_end == "close":
-                    await registry.remove_session(session_id, "disconnected")
+                    await runtime.streams.close(session_id, "disconnected")
                 else:
-                    await runtime.release_stream(session_id, "disconnected")
+                    await runtime.streams.release(session_id, "disconnected")

@@ -23,12 +23,12 @@ from aiohttp import web
 from aiohttp_sse import sse_response
 
 from eventlog import ChangePublished, LogUnavailable, Record, StatelessRequest
-from projections import records
 
 from .http import IDENTITY, unavailable
 from .protocol import errors, result_response
 from .protocol.headers import LAST_EVENT_ID, Accept, parse_event_id
 from .protocol.inbound import Inbound
+from .reading import records
 from .registry import SessionRegistry
 from .streams import KEEPALIVE, SEND_TIMEOUT, StreamLimits
 
@@ -63,7 +63,7 @@ class Subscriptions:
 
     def attach(self) -> None:
         """Start hearing of changes from the worker's tail (once it is running)."""
-        self.registry.runtime.record_observers.append(self._observe)
+        self.registry.runtime.observers.append(self._observe)
 
     def close(self) -> None:
         """End every listen stream gracefully: each sends its final result."""

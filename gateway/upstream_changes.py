@@ -27,10 +27,10 @@ from eventlog import ChangePublished, LogUnavailable, OwnerClaimed, Record, Stat
 from .protocol import ProtocolError
 from .protocol.headers import METHOD_HEADER
 from .protocol.versions import MODERN_VERSIONS
+from .runtime import WorkerRuntime
 from .subscriptions import SUBSCRIPTION_ID_KEY
 from .upstream import OnMessage, UpstreamError
 from .upstream_stateless import UpstreamStateless
-from .worker import WorkerRuntime
 
 __all__ = ["RELAY_KEY", "ChangesRelay"]
 
@@ -57,8 +57,8 @@ class ChangesRelay:
     def attach(self, runtime: WorkerRuntime) -> None:
         """Follow the log's claims and dead workers; claim the relay if nobody has."""
         self._runtime = runtime
-        runtime.record_observers.append(self._folded)
-        runtime.dead_worker_observers.append(self._workers_died)
+        runtime.observers.append(self._folded)
+        runtime.housekeeping.dead_worker_observers.append(self._workers_died)
         self._claim(None)
 
     async def close(self) -> None:

@@ -39,8 +39,8 @@ from eventlog import (
     new_event_id,
 )
 
+from .runtime import WorkerRuntime
 from .upstream import Upstream, UpstreamError, UpstreamSessionLost
-from .worker import WorkerRuntime
 
 __all__ = ["UpstreamListeners"]
 
@@ -69,8 +69,8 @@ class UpstreamListeners:
         """Follow ``runtime``'s log from now on: listen where it names this worker, and
         take over from listeners that die."""
         self._runtime = runtime
-        runtime.record_observers.append(self._folded)
-        runtime.dead_worker_observers.append(self._workers_died)
+        runtime.observers.append(self._folded)
+        runtime.housekeeping.dead_worker_observers.append(self._workers_died)
 
     async def close(self) -> None:
         tasks = [listening.task for listening in self._listening.values()] + [*self._chores]
@@ -168,7 +168,7 @@ class UpstreamListeners:
                     exc,
                     extra={"session_id": session_id},
                 )
-            await asyncio.sleep(runtime.heartbeat_interval)
+            await asyncio.sleep(runtime.settings.heartbeat_interval)
             session = runtime.projection.session(session_id)
             if session is None or session.listener != dead:
                 return  # closed, or another worker took it over
@@ -220,7 +220,7 @@ class UpstreamListeners:
                         exc,
                         extra={"session_id": session_id},
                     )
-                    await asyncio.sleep(runtime.heartbeat_interval)
+                    await asyncio.sleep(runtime.settings.heartbeat_interval)
 
         try:
             await self.upstream.listen(

@@ -1,6 +1,6 @@
-"""projections: pure folds of the log into state, snapshots of that state, audit queries."""
+"""projections: pure folds of the log into state, and snapshots of that state."""
 
-from .audit import Selection, records, select, state_at, timeline
+from .audit import Selection
 from .registry import (
     SERVER_HISTORY,
     PendingMessage,
@@ -10,19 +10,10 @@ from .registry import (
     SessionState,
     WorkerState,
 )
-from .snapshot import (
-    SNAPSHOT_EVERY,
-    SNAPSHOT_NAME,
-    catch_up,
-    decode_snapshot,
-    encode_snapshot,
-    load_latest,
-    restore,
-)
+from .snapshot import SNAPSHOT_NAME, decode_snapshot, encode_snapshot, restore
 
 __all__ = [
     "SERVER_HISTORY",
-    "SNAPSHOT_EVERY",
     "SNAPSHOT_NAME",
     "PendingMessage",
     "RegistryProjection",
@@ -31,13 +22,7 @@ __all__ = [
     "SentMessage",
     "SessionState",
     "WorkerState",
-    "catch_up",
     "decode_snapshot",
     "encode_snapshot",
-    "load_latest",
-    "records",
     "restore",
-    "select",
-    "state_at",
-    "timeline",
 ]

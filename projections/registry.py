@@ -74,7 +74,7 @@ class SessionState(msgspec.Struct, kw_only=True):
     opened_by: str  # the worker that appended SessionOpened
     # Wall time of the last record about this session: idle time counts from here.
     last_activity: float
-    owner: str | None = None
+    holder: str | None = None  # the worker holding its stream
     # Where its last stream ended (0: none has since it opened): a new stream that
     # names no event to resume from gets what was sent for it after that.
     stream_ended_position: int = 0
@@ -222,7 +222,7 @@ class RegistryProjection:
         elif session is not None and event.role == "listener":
             session.listener = event.owner
         elif session is not None and event.role == "worker":
-            session.owner = event.owner
+            session.holder = event.owner
 
     def _owner_released(self, record: Record, event: OwnerReleased) -> None:
         session = self._touch(record, event.session_id)
@@ -232,8 +232,8 @@ class RegistryProjection:
         elif session is not None and event.role == "listener":
             if session.listener == event.owner:
                 session.listener = None
-        elif session is not None and event.role == "worker" and session.owner == event.owner:
-            session.owner = None
+        elif session is not None and event.role == "worker" and session.holder == event.owner:
+            session.holder = None
             session.stream_ended_position = record.position
 
     def _client_message(self, record: Record, event: ClientMessage) -> None:

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from eventlog import (
     ClientMessage,
@@ -21,9 +20,12 @@ from eventlog import (
     open_log,
 )
 from gateway import HandlerContext, SessionNotFound, SessionRegistry
+from gateway.held_streams import OUTBOX_LIMIT
+from gateway.protocol.errors import ProtocolError
+from gateway.reading import load_latest, timeline
+from gateway.settings import Settings
 from gateway.testing.servers import RedisServer
-from gateway.worker import OUTBOX_LIMIT
-from projections import SNAPSHOT_NAME, load_latest, timeline
+from projections import SNAPSHOT_NAME
 from tests.gateway.helpers import (
     HANG_GUARD,
     FakeClock,
@@ -49,7 +51,8 @@ def test_constructor_keeps_the_reference_errors() -> None:
     with pytest.raises(ValueError, match="Database backend requires database_url"):
         SessionRegistry(backend="database")
     assert SessionRegistry(backend="MEMORY")._backend == "memory"
-    assert SessionRegistry()._session_ttl == 3600 and SessionRegistry()._message_ttl == 600
+    assert SessionRegistry().settings.session_ttl == 3600
+    assert SessionRegistry().settings.message_ttl == 600
 
 
 async def test_none_backend_tracks_nothing() -> None:
@@ -174,9 +177,9 @@ async def test_a_handler_gets_each_message_once_with_its_context() -> None:
 
 
 async def test_initialize_logic(registry: SessionRegistry) -> None:
-    with pytest.raises(web.HTTPBadRequest) as missing:
+    with pytest.raises(ProtocolError) as missing:
         await registry.handle_initialize_logic({"capabilities": {}})
-    assert missing.value.headers["MCP-Error-Code"] == "-32002"
+    assert (missing.value.status, missing.value.code) == (400, -32002)
     await registry.add_session("s", RecordingTransport())
     body = {
         "protocol_version": "1999-01-01",
@@ -200,7 +203,7 @@ async def test_initialize_logic(registry: SessionRegistry) -> None:
     responding = asyncio.create_task(registry.respond(None, {}, "t"))
     await registry.broadcast("t", request(7, "initialize"))
     (reply,) = await transport.wait_for(1)
-    assert reply["error"] == {"code": -32002, "message": "Missing protocol version"}
+    assert reply["error"] == {"code": -32002, "message": "initialize needs a protocolVersion"}
     await registry.remove_session("t")
     await responding
 
@@ -241,9 +244,8 @@ async def test_unreachable_backend_gives_none_then_recovers(tmp_path: Path) -> N
 
 async def test_workers_start_from_the_newest_snapshot(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/log.db"
-    first = SessionRegistry(log_url=url)
+    first = SessionRegistry(log_url=url, settings=Settings(snapshot_every=10))
     await first.initialize(housekeeping=False)
-    first.runtime.snapshot_every = 10
     for i in range(8):
         await first.add_session(f"s{i}", RecordingTransport())
     await first.runtime.sync()
@@ -281,13 +283,13 @@ async def test_idle_sessions_expire_once_across_workers(tmp_path: Path) -> None:
     await workers[1].runtime.log.release("orphan", workers[1].worker_id)
     clock.advance(60)
     for worker in workers:
-        await worker.runtime.heartbeat()
-    await asyncio.gather(*(worker.runtime.sweep() for worker in workers))
+        await worker.runtime.housekeeping.heartbeat()
+    await asyncio.gather(*(worker.runtime.housekeeping.sweep() for worker in workers))
     assert await workers[2].session_exists("orphan") is True  # idle 60 s < 100 s
     clock.advance(60)
     for worker in workers:
-        await worker.runtime.heartbeat()
-    await asyncio.gather(*(worker.runtime.sweep() for worker in workers))
+        await worker.runtime.housekeeping.heartbeat()
+    await asyncio.gather(*(worker.runtime.housekeeping.sweep() for worker in workers))
     assert await workers[2].session_exists("orphan") is False
     assert await workers[2].session_exists("held") is True  # a live worker holds it
     records = await workers[2].runtime.log.read(limit=10_000)
@@ -319,7 +321,7 @@ async def test_a_dead_workers_session_is_taken_over_and_its_messages_answered_on
     clock.advance(60)
     heir = SessionRegistry(log_url=url, clock=clock, worker_id="heir")
     await heir.initialize(housekeeping=False)
-    assert heir.runtime.projection.is_alive("dead", clock(), heir._worker_ttl) is False
+    assert heir.runtime.projection.is_alive("dead", clock(), heir.settings.worker_ttl) is False
     transport = RecordingTransport()
     await heir.add_session("s", transport)  # the client reconnected here
     assert await heir.runtime.log.claim("s", "someone", expected="dead") == "heir"
@@ -327,7 +329,7 @@ async def test_a_dead_workers_session_is_taken_over_and_its_messages_answered_on
     sent = await transport.wait_for(2)
     assert [m["id"] for m in sent] == [1, 2]
     # Sweeping queues pending messages again; none is answered twice.
-    await heir.runtime.sweep()
+    await heir.runtime.housekeeping.sweep()
     await heir.runtime.sync()
     records = await heir.runtime.log.read(limit=10_000)
     assert len([r for r in records if isinstance(r.event, ServerMessage)]) == 2
@@ -342,7 +344,7 @@ async def test_sessions_cost_no_tasks_and_workers_announce_themselves() -> None:
     for i in range(50):
         await registry.add_session(f"s{i}", RecordingTransport())
     assert len(asyncio.all_tasks()) == tasks_before  # one tail serves them all
-    await registry.runtime.heartbeat()
+    await registry.runtime.housekeeping.heartbeat()
     log = registry.runtime.log
     await registry.shutdown()
     # A closed memory log can still be read: what the worker wrote, start to stop.
@@ -407,7 +409,7 @@ async def test_the_registry_never_records_capabilities_it_cannot_read_back(
     await registry.initialize(housekeeping=False)
     try:
         body = {"protocolVersion": "2025-11-25", "clientInfo": "t", "capabilities": ["x"]}
-        with contextlib.suppress(web.HTTPBadRequest):
+        with contextlib.suppress(ProtocolError):
             await registry.handle_initialize_logic(body, "s1")
     finally:
         await registry.shutdown()

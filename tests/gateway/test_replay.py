@@ -83,7 +83,7 @@ def test_state_at_a_position_and_a_time(log_path: Path, capsys: pytest.CaptureFi
     assert code == 0 and lines[0] == {"kind": "position", "position": 5}
     sessions = {row["session_id"]: row for row in lines if row["kind"] == "session"}
     assert sorted(sessions) == ["s1", "s2"]
-    assert sessions["s1"]["owner"] == "w1" and sessions["s1"]["pending"] == 1
+    assert sessions["s1"]["holder"] == "w1" and sessions["s1"]["pending"] == 1
     workers = [row["worker"] for row in lines if row["kind"] == "worker"]
     assert sorted(workers) == ["w1", "w2"]
     # Now: s1 is closed. As a table, by default.

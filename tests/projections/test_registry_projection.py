@@ -22,15 +22,8 @@ from eventlog import (
     WorkerStopped,
 )
 from eventlog.base import StoredEvent
-from projections import (
-    SERVER_HISTORY,
-    RegistryProjection,
-    catch_up,
-    encode_snapshot,
-    restore,
-    state_at,
-    timeline,
-)
+from gateway.reading import catch_up, state_at, timeline
+from projections import SERVER_HISTORY, RegistryProjection, encode_snapshot, restore
 
 SESSIONS = ["s1", "s2", "s3"]
 WORKERS = ["w1", "w2"]
@@ -144,7 +137,7 @@ async def test_a_session_through_its_life() -> None:
     projection = await fold(log)
     session = projection.session("s")
     assert session is not None
-    assert (session.owner, session.user, session.opened_by) == ("w2", "u", "w1")
+    assert (session.holder, session.user, session.opened_by) == ("w2", "u", "w1")
     assert list(session.pending) == ["m2"]
     assert [(m.position, m.payload, m.reply_to) for m in session.sent] == [(7, b'{"r":1}', "m1")]
     assert session.last_activity == 1008.0  # the time of the newest record about it
@@ -195,6 +188,6 @@ async def test_timeline_and_state_at() -> None:
     assert sorted(now.state.sessions) == ["b"]
     # Times: the clock gave 1001.0, 1002.0, ... to positions 1, 2, ...
     by_time = await state_at(log, at=datetime.fromtimestamp(1003.5, UTC))
-    assert by_time.position == 3 and by_time.session("a").owner == "w2"  # type: ignore[union-attr]
+    assert by_time.position == 3 and by_time.session("a").holder == "w2"  # type: ignore[union-attr]
     before_all = await state_at(log, at=datetime.fromtimestamp(0, UTC))
     assert before_all.position == 0 and before_all.state.sessions == {}

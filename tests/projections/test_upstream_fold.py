@@ -30,16 +30,16 @@ def listener(claimed: bool, owner: str) -> Event:
     return kind(session_id="s", owner=owner, role="listener")
 
 
-def test_the_listener_is_its_own_claim_not_the_streams_owner() -> None:
+def test_the_listener_is_its_own_claim_not_the_streams_holder() -> None:
     stream_held = OwnerClaimed(session_id="s", owner="w1")
     session = fold(stream_held, listener(True, "w2"))
-    assert (session.owner, session.listener) == ("w1", "w2")
+    assert (session.holder, session.listener) == ("w1", "w2")
     session = fold(stream_held, listener(True, "w2"), listener(False, "w1"))
-    assert (session.owner, session.listener) == ("w1", "w2")  # w1 did not listen
+    assert (session.holder, session.listener) == ("w1", "w2")  # w1 did not listen
     session = fold(stream_held, listener(True, "w2"), listener(False, "w2"))
-    assert (session.owner, session.listener) == ("w1", None)
+    assert (session.holder, session.listener) == ("w1", None)
     session = fold(listener(True, "w2"), OwnerReleased(session_id="s", owner="w2"))
-    assert (session.owner, session.listener) == (None, "w2")  # w2 held no stream
+    assert (session.holder, session.listener) == (None, "w2")  # w2 held no stream
 
 
 def test_the_upstream_session_its_version_and_its_last_event() -> None:

@@ -1,0 +1,364 @@
+"""Answering client messages: recording them, answering each once and in order on
+the worker that owns its session (or within its own request), and following a
+request's answer for a client that resumes its stream.
+
+A message recorded for a session waits in the log until the owner's responder
+takes it from the tail; its answer and its outcome get ids derived from its own, so
+two workers racing to answer it (a takeover) record one answer. A message a worker
+answers within its request (Streamable HTTP's POST) is marked with that worker, and
+falls to the session's owner only once that worker is seen dead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from eventlog import (
+    ClientMessage,
+    Event,
+    LogUnavailable,
+    MessageHandled,
+    Record,
+    ServerMessage,
+    SessionOpened,
+    derived_event_id,
+)
+from projections import SentMessage
+
+from .errors import SessionNotFound
+from .mailbox import Mailbox
+from .protocol import INTERNAL_ERROR, error_response
+
+if TYPE_CHECKING:
+    from .runtime import WorkerRuntime
+
+__all__ = ["Answering", "HandlerContext", "MessageHandler", "RelatedSender"]
+
+logger = logging.getLogger("sessionlog.gateway")
+
+# Sends a server message related to the request being handled (a progress or log
+# notification) to wherever that request's answer goes.
+RelatedSender = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class HandlerContext:
+    session_id: str
+    server_id: str | None
+    user: dict[str, Any]
+    # Set while a handler answers one client message: that message's event id, and
+    # how to send messages related to it before the answer.
+    message_id: str | None = None
+    send_related: RelatedSender | None = None
+
+
+# Answers one client message: the reply to append, or None (notifications, responses).
+MessageHandler = Callable[[dict[str, Any], HandlerContext], Awaitable[dict[str, Any] | None]]
+
+
+@dataclass
+class _Responder:
+    """Answers one held session's client messages here, one at a time."""
+
+    context: HandlerContext
+    inbox: Mailbox[str]
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    # Client messages queued or being handled, so none is queued twice.
+    queued: set[str] = field(default_factory=set)
+
+
+class Answering:
+    def __init__(self, runtime: WorkerRuntime, handler: MessageHandler) -> None:
+        self.runtime = runtime
+        self.handler = handler
+        self._responders: dict[str, _Responder] = {}
+        # Streams following one client message (resumed request streams), by its id.
+        self._followers: dict[str, list[asyncio.Queue[SentMessage]]] = {}
+        runtime.observers.append(self._react)
+        runtime.streams.on_drop.append(self._stop)
+
+    # -- the owner's responders --------------------------------------------------
+
+    async def respond(self, session_id: str, context: HandlerContext) -> None:
+        """Answer ``session_id``'s client messages here until its stream is let go."""
+        runtime = self.runtime
+        if session_id not in runtime.streams:
+            return
+        responder = self._responders.get(session_id)
+        if responder is None:
+            inbox = Mailbox(f"session {session_id} inbox", self._handle(session_id))
+            responder = self._responders[session_id] = _Responder(context, inbox)
+        responder.context = context
+        await runtime.sync()
+        self.queue_pending(session_id)
+        await responder.done.wait()
+
+    def _stop(self, session_id: str) -> None:
+        responder = self._responders.pop(session_id, None)
+        if responder is not None:
+            responder.done.set()
+            self.runtime.spawn(responder.inbox.close())
+
+    def queue_pending(self, session_id: str) -> None:
+        """Queue the session's unanswered client messages that are this owner's to
+        answer: all but those a live worker is answering within their request."""
+        runtime = self.runtime
+        session = runtime.projection.session(session_id)
+        if session is None or session.holder != runtime.worker_id:
+            return
+        now = runtime.clock()
+        for message_id, pending in session.pending.items():
+            answerer = pending.answered_by
+            if answerer is None or not runtime.projection.is_alive(
+                answerer, now, runtime.worker_ttl
+            ):
+                self._queue(session_id, message_id)
+
+    def queue_all_pending(self) -> None:
+        """:meth:`queue_pending` for every session responded to here."""
+        for session_id in list(self._responders):
+            self.queue_pending(session_id)
+
+    def _queue(self, session_id: str, message_id: str) -> None:
+        responder = self._responders.get(session_id)
+        if responder is None or message_id in responder.queued:
+            return
+        responder.queued.add(message_id)
+        session = self.runtime.projection.session(session_id)
+        pending = session.pending.get(message_id) if session is not None else None
+        if pending is not None and not _is_request(pending.payload):
+            # Answers to the server's requests and notifications (cancellations) are
+            # handled at once: the request waiting for one may be the inbox's current.
+            self.runtime.spawn(self._handle(session_id)(message_id))
+        else:
+            responder.inbox.put(message_id)
+
+    def _handle(self, session_id: str) -> Callable[[str], Awaitable[None]]:
+        async def handle(message_id: str) -> None:
+            responder = self._responders.get(session_id)
+            try:
+                session = self.runtime.projection.session(session_id)
+                pending = session.pending.get(message_id) if session is not None else None
+                if responder is None or pending is None:
+                    return  # handled elsewhere, expired, or the session is gone
+                message = orjson.loads(pending.payload)
+                try:
+                    await self.answer(session_id, message_id, message, responder.context)
+                except LogUnavailable as exc:
+                    # Still pending in the log: the next sweep queues it again.
+                    logger.warning(
+                        "session %s: reply not recorded yet: %s",
+                        session_id,
+                        exc,
+                        extra={"session_id": session_id},
+                    )
+            finally:
+                if responder is not None:
+                    responder.queued.discard(message_id)
+
+        return handle
+
+    def _react(self, record: Record) -> None:
+        event = record.event
+        if isinstance(event, ServerMessage) and event.reply_to in self._followers:
+            sent = SentMessage(record.position, event.payload, event.reply_to)
+            for followed in self._followers[event.reply_to]:
+                followed.put_nowait(sent)
+        elif (
+            isinstance(event, ClientMessage)
+            and event.answered_by is None
+            and event.session_id in self._responders
+        ):
+            session = self.runtime.projection.session(event.session_id)
+            if session is not None and session.holder == self.runtime.worker_id:
+                self._queue(event.session_id, event.id)
+
+    # -- recording and answering ---------------------------------------------------
+
+    async def record(self, session_id: str, payload: bytes) -> None:
+        """Record a client message for the session's owner to answer, wherever its
+        stream is held: in order, exactly once, even if the owner reads it later.
+        Durable when this returns.
+
+        Raises:
+            SessionNotFound: the session is not open on any worker.
+        """
+        runtime = self.runtime
+        if runtime.projection.session(session_id) is None:
+            # Not known here yet: it may have been opened elsewhere a moment ago.
+            await runtime.sync()
+            if runtime.projection.session(session_id) is None:
+                raise SessionNotFound(session_id)
+        event = ClientMessage(session_id=session_id, payload=payload)
+        await runtime.log.append([event], worker=runtime.worker_id)
+
+    async def accept(
+        self, session_id: str, payload: bytes, opening: SessionOpened | None = None
+    ) -> tuple[str, int]:
+        """Record a client message that this worker answers within its request (with
+        the session's opening, in the same append, for an initialize); return its
+        event id and log position. Durable when this returns."""
+        runtime = self.runtime
+        event = ClientMessage(session_id=session_id, payload=payload, answered_by=runtime.worker_id)
+        events: list[Event] = [event] if opening is None else [opening, event]
+        positions = await runtime.log.append(events, worker=runtime.worker_id)
+        return event.id, positions[-1]
+
+    async def answer(
+        self,
+        session_id: str,
+        message_id: str,
+        message: Any,
+        ctx: HandlerContext,
+        send_related: Callable[[SentMessage], Awaitable[None]] | None = None,
+    ) -> SentMessage | None:
+        """Run the handler on one recorded client message and record its outcome.
+
+        The reply and the outcome have ids derived from the message's, so answering
+        the same message twice (a takeover racing its first answerer) records one
+        reply. Related messages the handler sends are recorded first and passed to
+        ``send_related``. Returns the reply as recorded, or None (no reply due).
+        """
+        log, worker = self.runtime.log, self.runtime.worker_id
+
+        async def related(payload: dict[str, Any]) -> None:
+            event = ServerMessage(
+                session_id=session_id, payload=orjson.dumps(payload), reply_to=message_id
+            )
+            [position] = await log.append([event], worker=worker)
+            if send_related is not None:
+                try:
+                    await send_related(SentMessage(position, event.payload, message_id))
+                except (ConnectionError, RuntimeError, TimeoutError) as exc:
+                    # The client went away; the message is in the log for its resume,
+                    # and the handler goes on to its answer.
+                    logger.debug("session %s: related message not sent: %s", session_id, exc)
+
+        ctx = HandlerContext(ctx.session_id, ctx.server_id, ctx.user, message_id, related)
+        try:
+            reply = await self.handler(message, ctx)
+        except Exception as exc:
+            logger.exception(
+                "session %s: the handler failed", session_id, extra={"session_id": session_id}
+            )
+            request_id = message.get("id") if isinstance(message, dict) else None
+            reply = error_response(request_id, INTERNAL_ERROR, "Internal error", str(exc))
+        events: list[Event] = []
+        if reply is not None:
+            events.append(
+                ServerMessage(
+                    id=derived_event_id(message_id, "reply"),
+                    session_id=session_id,
+                    payload=orjson.dumps(reply),
+                    reply_to=message_id,
+                )
+            )
+        events.append(
+            MessageHandled(
+                id=derived_event_id(message_id, "outcome"),
+                session_id=session_id,
+                message_id=message_id,
+            )
+        )
+        positions = await log.append(events, worker=worker)
+        if reply is None:
+            return None
+        return SentMessage(positions[0], events[0].payload, message_id)  # type: ignore[union-attr]
+
+    async def answer_shielded(
+        self,
+        session_id: str,
+        message_id: str,
+        message: Any,
+        ctx: HandlerContext,
+        send_related: Callable[[SentMessage], Awaitable[None]] | None = None,
+    ) -> SentMessage | None:
+        """:meth:`answer`, carried on to its recorded outcome even if the caller is
+        cancelled (its client went away): a client resuming the request finds it."""
+        answering = self.runtime.spawn(
+            self.answer(session_id, message_id, message, ctx, send_related)
+        )
+        return await asyncio.shield(answering)
+
+    async def send_server_message(self, session_id: str, message: dict[str, Any]) -> int:
+        """Record a server-initiated message for the session; its position. The worker
+        holding the session's stream sends it."""
+        runtime = self.runtime
+        event = ServerMessage(session_id=session_id, payload=orjson.dumps(message))
+        [position] = await runtime.log.append([event], worker=runtime.worker_id)
+        return position
+
+    async def follow_request(
+        self, session_id: str, message_id: str, after: int
+    ) -> AsyncIterator[SentMessage]:
+        """The server messages about one client message after ``after``, ending with
+        its answer: for a client resuming the stream of a request (its worker may
+        have died).
+
+        If no live worker is answering the message, it is answered here. Ends without
+        an answer when the message is gone unanswered (expired, session closed).
+        """
+        runtime = self.runtime
+        followed: asyncio.Queue[SentMessage] = asyncio.Queue()
+        self._followers.setdefault(message_id, []).append(followed)
+        try:
+            await runtime.sync()
+            last = after
+            sent = await runtime.sent_after(session_id, after, runtime.projection.position)
+            backlog = [each for each in sent if each.reply_to == message_id]
+            while True:
+                while not followed.empty():
+                    backlog.append(followed.get_nowait())
+                for each in backlog:
+                    if each.position > last:  # the queue may repeat what was read
+                        last = each.position
+                        yield each
+                        if _is_response(each):
+                            return
+                backlog = []
+                session = runtime.projection.session(session_id)
+                pending = session.pending.get(message_id) if session is not None else None
+                if pending is None:
+                    return  # answered (and sent above), expired, or the session closed
+                answerer = pending.answered_by
+                if answerer is None or not runtime.projection.is_alive(
+                    answerer, runtime.clock(), runtime.worker_ttl
+                ):
+                    ctx = HandlerContext(session_id, None, {})
+                    await self.answer(session_id, message_id, orjson.loads(pending.payload), ctx)
+                else:
+                    # A live worker is answering it: wait for its messages, and look
+                    # again every heartbeat in case that worker dies meanwhile.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(runtime.settings.heartbeat_interval):
+                            backlog.append(await followed.get())
+                await runtime.sync()
+        finally:
+            queues = self._followers.get(message_id, [])
+            if followed in queues:
+                queues.remove(followed)
+            if not queues:
+                self._followers.pop(message_id, None)
+
+
+def _is_request(payload: bytes) -> bool:
+    """Whether a client message is a request (anything unreadable counts as one: the
+    handler answers it with an error, in order)."""
+    try:
+        message = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return True
+    return not isinstance(message, dict) or ("method" in message and "id" in message)
+
+
+def _is_response(message: SentMessage) -> bool:
+    """Whether a server message is the answer to a request (not a notification)."""
+    payload = orjson.loads(message.payload)
+    return isinstance(payload, dict) and "method" not in payload
