@@ -101,7 +101,7 @@ class Stores:
         self.urls, self.workdir = urls, workdir
 
     def sessionlog(self, backend: str) -> str:
-        return self.urls[backend].replace("NS", f"proxy-{secrets.token_hex(4)}")
+        return self.urls[backend].replace("NS", f"proxy_{secrets.token_hex(4)}")
 
     def persist(self, backend: str) -> str:
         name = f"persist-{secrets.token_hex(4)}"
