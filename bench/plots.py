@@ -35,7 +35,8 @@ def _series(rows: list[Row], scenario: str, metric: str) -> dict[str, list[tuple
             x = _leading_number(clients)
         elif scenario == "proxy":
             clients, *workers = row.parameter.split(", ")
-            label = " ".join(filter(None, [row.system, row.backend, *workers]))
+            names = [row.system, row.backend, *workers] if row.system != "upstream" else []
+            label = " ".join(names) or "SDK server alone"
             x = _leading_number(clients)
         else:
             label, x = f"{row.system} {row.backend}", _leading_number(row.parameter)
