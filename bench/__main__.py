@@ -23,7 +23,7 @@ from pathlib import Path
 
 import msgspec
 
-from . import eventlog, gateway, plots, proxy, readme, registry
+from . import eventlog, gateway, plots, profiles, proxy, readme, registry
 from .harness import Row, ScenarioResult, backends, report
 
 RESULTS = Path(__file__).parent / "results"
@@ -34,6 +34,7 @@ class Context:
     quick: bool
     workdir: Path
     urls: dict[str, str]  # backend -> log URL, with NS to replace by a namespace
+    out: Path  # where results go
 
 
 def _contextforge(ctx: Context) -> ScenarioResult:
@@ -43,13 +44,20 @@ def _contextforge(ctx: Context) -> ScenarioResult:
     return contextforge.run(ctx.quick, {"redis": redis}, ctx.workdir)
 
 
+def _tools_call(ctx: Context) -> ScenarioResult:
+    result = gateway.scenario(ctx.quick, ctx.workdir)
+    written = profiles.write_profiles(ctx.workdir, ctx.out, 1.0 if ctx.quick else 5.0)
+    result.raw["profiles"] = [path.name for path in written]
+    return result
+
+
 SCENARIOS: dict[str, Callable[[Context], ScenarioResult]] = {
     "eventlog": lambda ctx: eventlog.scenario(ctx.quick, ctx.urls),
     "delivery": lambda ctx: registry.delivery_scenario(ctx.quick, ctx.urls),
     "idle": lambda ctx: registry.idle_scenario(ctx.quick, ctx.urls),
     "sustained": lambda ctx: registry.sustained_scenario(ctx.quick, ctx.urls),
     "replay": lambda ctx: registry.replay_scenario(ctx.quick, ctx.workdir),
-    "tools-call": lambda ctx: gateway.scenario(ctx.quick, ctx.workdir),
+    "tools-call": _tools_call,
     "proxy": lambda ctx: proxy.scenario(ctx.quick, ctx.urls, ctx.workdir),
     "contextforge": _contextforge,
 }
@@ -92,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     failed: list[str] = []
     with tempfile.TemporaryDirectory() as directory, backends(Path(directory)) as urls:
-        ctx = Context(args.quick, Path(directory), urls)
+        ctx = Context(args.quick, Path(directory), urls, out)
         for name in names:
             print(f"bench: {name} ...", file=sys.stderr, flush=True)
             started = time.monotonic()

@@ -75,9 +75,17 @@ class _Responder:
 
 
 class Answering:
-    def __init__(self, runtime: WorkerRuntime, handler: MessageHandler) -> None:
+    def __init__(
+        self,
+        runtime: WorkerRuntime,
+        handler: MessageHandler,
+        at_once: Callable[[Any], bool] | None = None,
+    ) -> None:
         self.runtime = runtime
         self.handler = handler
+        # Which messages the handler answers at once, recording nothing itself and
+        # calling out to nothing (see answer_at_once); none if not told.
+        self.at_once = at_once or (lambda message: False)
         self._responders: dict[str, _Responder] = {}
         # Streams following one client message (resumed request streams), by its id.
         self._followers: dict[str, list[asyncio.Queue[SentMessage]]] = {}
@@ -241,6 +249,42 @@ class Answering:
                     # and the handler goes on to its answer.
                     logger.debug("session %s: related message not sent: %s", session_id, exc)
 
+        outcome = await self._outcome(session_id, message_id, message, ctx, related)
+        positions = await log.append(outcome, worker=worker)
+        return _reply(outcome, positions)
+
+    async def answer_at_once(
+        self,
+        session_id: str,
+        payload: bytes,
+        message: Any,
+        ctx: HandlerContext,
+        opening: SessionOpened | None = None,
+    ) -> tuple[str, int, SentMessage | None]:
+        """Record a client message together with its answer, in one append (with the
+        session's opening, for an initialize): for a message :attr:`at_once` says the
+        handler answers at once. Nothing is acknowledged before the append, so a
+        crash before it loses nothing; what must be durable before the handler runs
+        (a request forwarded upstream) goes through accept() and answer() instead.
+        Returns the message's event id, its position, and the reply as recorded."""
+        runtime = self.runtime
+        event = ClientMessage(session_id=session_id, payload=payload, answered_by=runtime.worker_id)
+        outcome = await self._outcome(session_id, event.id, message, ctx, None)
+        events: list[Event] = [event, *outcome] if opening is None else [opening, event, *outcome]
+        positions = await runtime.log.append(events, worker=runtime.worker_id)
+        at = len(events) - len(outcome)
+        return event.id, positions[at - 1], _reply(outcome, positions[at:])
+
+    async def _outcome(
+        self,
+        session_id: str,
+        message_id: str,
+        message: Any,
+        ctx: HandlerContext,
+        related: RelatedSender | None,
+    ) -> list[Event]:
+        """The handler's answer to a client message, as the events that record it:
+        the reply (if one is due) and the message's outcome."""
         ctx = HandlerContext(ctx.session_id, ctx.server_id, ctx.user, message_id, related)
         try:
             reply = await self.handler(message, ctx)
@@ -267,10 +311,7 @@ class Answering:
                 message_id=message_id,
             )
         )
-        positions = await log.append(events, worker=worker)
-        if reply is None:
-            return None
-        return SentMessage(positions[0], events[0].payload, message_id)  # type: ignore[union-attr]
+        return events
 
     async def answer_shielded(
         self,
@@ -346,6 +387,14 @@ class Answering:
                 queues.remove(followed)
             if not queues:
                 self._followers.pop(message_id, None)
+
+
+def _reply(outcome: list[Event], positions: list[int]) -> SentMessage | None:
+    """The reply among an outcome's events, as recorded at ``positions``."""
+    reply = outcome[0]
+    if not isinstance(reply, ServerMessage):
+        return None
+    return SentMessage(positions[0], reply.payload, reply.reply_to)
 
 
 def _is_request(payload: bytes) -> bool:

@@ -41,6 +41,7 @@ def build_app(settings: Settings, *, worker_id: str | None = None) -> web.Applic
         handler=dispatcher,
         capabilities=tools.HANDSHAKE_CAPABILITIES,
         settings=settings,
+        at_once=dispatcher.answers_at_once,
     )
     metrics = operations.Metrics(registry)
     limits = StreamLimits(settings.max_streams_per_identity, settings.max_sessions)

@@ -55,6 +55,13 @@ class Dispatcher:
         if self.upstream is not None:
             await self.upstream.close()
 
+    def answers_at_once(self, message: Any) -> bool:
+        """Whether a message is answered here, at once, recording nothing and calling
+        out to nothing: everything but initialize when the tools are built in, and
+        ping always."""
+        method = message.get("method") if isinstance(message, dict) else None
+        return method == "ping" or (self.upstream is None and method != "initialize")
+
     async def __call__(self, message: dict[str, Any], ctx: HandlerContext) -> dict[str, Any] | None:
         method = message.get("method") if isinstance(message, dict) else None
         if method == "ping" or (method == "initialize" and self.upstream is None):

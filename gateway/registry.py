@@ -109,6 +109,7 @@ class SessionRegistry:
         capabilities: dict[str, Any] | None = None,
         clock: Callable[[], float] = time.time,
         settings: Settings | None = None,
+        at_once: Callable[[Any], bool] | None = None,
     ) -> None:
         self._backend = backend.lower()
         if self._backend not in BACKENDS:
@@ -127,6 +128,7 @@ class SessionRegistry:
         self._handler = handler or self._answer_lifecycle
         self._capabilities = capabilities or {}
         self._clock = clock
+        self._at_once = at_once
         self._log: EventLog | None = None
         self._runtime: WorkerRuntime | None = None
         # After shutdown() nothing starts the registry again behind the caller's back
@@ -146,7 +148,12 @@ class SessionRegistry:
         self._shut_down = False
         self._log = await open_log(self._log_url, clock=self._clock)
         runtime = WorkerRuntime(
-            self._log, self.worker_id, self._handler, settings=self.settings, clock=self._clock
+            self._log,
+            self.worker_id,
+            self._handler,
+            settings=self.settings,
+            clock=self._clock,
+            at_once=self._at_once,
         )
         try:
             await runtime.start(housekeeping=housekeeping)

@@ -57,6 +57,7 @@ class WorkerRuntime:
         *,
         settings: Settings | None = None,
         clock: Callable[[], float] = time.time,
+        at_once: Callable[[Any], bool] | None = None,
     ) -> None:
         self.log = log
         self.worker_id = worker_id
@@ -66,7 +67,7 @@ class WorkerRuntime:
         # Told of every record as it is folded, in this order; they must not block.
         self.observers: list[Callable[[Record], None]] = []
         self.streams = HeldStreams(self)
-        self.answers = Answering(self, handler)
+        self.answers = Answering(self, handler, at_once)
         self.housekeeping = Housekeeping(self)
         self._tasks: list[asyncio.Task[None]] = []
         self._chores: set[asyncio.Task[Any]] = set()  # one-off tasks, kept from the GC
@@ -74,6 +75,12 @@ class WorkerRuntime:
         # sync() callers: (position, waiter), woken once the tail has folded it.
         self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
         self._waits = 0  # tie-breaker for the heap
+        # Head reads, one at a time: a read answers every caller that asked before it
+        # started (see _fresh_head).
+        self._head_lock = asyncio.Lock()
+        self._head_asked = 0  # callers so far
+        self._head_answered = 0  # callers the newest read answers
+        self._head = 0
 
     @property
     def worker_ttl(self) -> float:
@@ -126,7 +133,7 @@ class WorkerRuntime:
             LogUnavailable: the log's head cannot be read, or the tail does not
                 reach it within SYNC_TIMEOUT.
         """
-        head = await self.log.head()
+        head = await self._fresh_head()
         if self.projection.position >= head:
             return
         waiter = asyncio.get_running_loop().create_future()
@@ -139,6 +146,19 @@ class WorkerRuntime:
             raise LogUnavailable(
                 f"{self.log.url}: the tail did not reach position {head} in {SYNC_TIMEOUT:.0f} s"
             ) from None
+
+    async def _fresh_head(self) -> int:
+        """The log's head as read after this call began. Concurrent callers share
+        reads: thousands of streams opening at once cost a few reads, not thousands
+        of connections."""
+        self._head_asked += 1
+        ticket = self._head_asked
+        async with self._head_lock:
+            if self._head_answered < ticket:
+                answers = self._head_asked  # everyone who asked before this read starts
+                self._head = await self.log.head()
+                self._head_answered = answers
+            return self._head
 
     async def _follow(self) -> None:
         async for records, reached in self.log.tail_pages(after=self.projection.position):

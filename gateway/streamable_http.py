@@ -107,14 +107,22 @@ async def post(request: web.Request) -> web.StreamResponse:
         else:
             session_id, opening = inbound.session_id, None
             await find_session(runtime, session_id, identity)
-        message_id, position = await runtime.answers.accept(session_id, inbound.body, opening)
+        answers = runtime.answers
         ctx = HandlerContext(session_id, None, {"identity": identity})
+        reply: SentMessage | None = None
+        if answers.at_once(message):
+            # Answered before anything is recorded: message and answer in one append.
+            message_id, position, reply = await answers.answer_at_once(
+                session_id, inbound.body, message, ctx, opening
+            )
+        else:
+            message_id, position = await answers.accept(session_id, inbound.body, opening)
+            if inbound.kind != "request" or not accept.sse:
+                reply = await answers.answer_shielded(session_id, message_id, message, ctx)
         if inbound.kind != "request":
             # A notification, or a response to a server request: recorded, handled.
-            await runtime.answers.answer_shielded(session_id, message_id, message, ctx)
             return web.Response(status=202, headers=_reply_headers(session_id))
         if not accept.sse:
-            reply = await runtime.answers.answer_shielded(session_id, message_id, message, ctx)
             assert reply is not None  # a request always has an answer
             headers = _reply_headers(session_id)
             return web.Response(
@@ -135,15 +143,16 @@ async def post(request: web.Request) -> web.StreamResponse:
         async def send(sent: SentMessage) -> None:
             await _send_event(stream, sent, message_id)
 
-        try:
-            reply = await runtime.answers.answer_shielded(
-                session_id, message_id, message, ctx, send_related=send
-            )
-        except LogUnavailable as exc:
-            unavailable(exc)  # the stream is open already: it ends without the answer
-        else:
-            assert reply is not None  # a request always has an answer
-            await send(reply)
+        if reply is None:
+            try:
+                reply = await answers.answer_shielded(
+                    session_id, message_id, message, ctx, send_related=send
+                )
+            except LogUnavailable as exc:
+                unavailable(exc)  # the stream is open already: it ends without the answer
+                return stream
+        assert reply is not None  # a request always has an answer
+        await send(reply)
     return stream
 
 

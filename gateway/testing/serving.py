@@ -24,14 +24,22 @@ class Served:
 
 @contextmanager
 def serve_process(
-    log_url: str, *args: str, env: dict[str, str] | None = None, output: Path | None = None
+    log_url: str,
+    *args: str,
+    env: dict[str, str] | None = None,
+    output: Path | None = None,
+    profile: Path | None = None,
 ) -> Iterator[Served]:
     """Run ``sessionlog serve --log log_url *args``, its output to ``output`` if given;
-    stop it with SIGTERM at the end (if the test did not kill it)."""
+    stop it with SIGTERM at the end (if the test did not kill it). With ``profile``,
+    it runs under cProfile, which writes its statistics there as it stops (one
+    worker: a --workers supervisor's children are not profiled)."""
     port = free_port()
     sink = output.open("wb") if output is not None else subprocess.DEVNULL
+    profiler = ["-m", "cProfile", "-o", str(profile)] if profile is not None else []
+    serve = ["-m", "gateway", "serve", "--port", str(port), "--log", log_url]
     process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--log", log_url, *args],
+        [sys.executable, *profiler, *serve, *args],
         stdout=sink,
         stderr=sink,
         env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})},
