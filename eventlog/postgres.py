@@ -13,12 +13,12 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import Connection, func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from .base import LogRow, Operation
-from .sql import SQLEventLog
+from .sql import EventRow, SQLEventLog
 
 __all__ = ["PostgresEventLog"]
 
@@ -58,7 +58,10 @@ class PostgresEventLog(SQLEventLog):
         self._listen_driver: Any = None
         self._read_sql = self._rows_after_sql("$1", "$2")
         self._columns = [column.name for column in self._schema.events.columns]
-        self._head_sql = f"SELECT coalesce(max(position), 0) FROM {self._schema.events.name}"
+
+    @staticmethod
+    def _placeholder(number: int) -> str:
+        return f"${number}"
 
     @property
     def _known_ids_sql(self) -> str:
@@ -84,7 +87,7 @@ class PostgresEventLog(SQLEventLog):
         with self._translate_errors():
             async with self._engine.begin() as conn:
                 await conn.execute(self._lock)
-                results, rows = await conn.run_sync(self._apply, operations)
+                results, rows = await conn.run_sync(self._apply_on, operations)
                 if rows:
                     # Binary COPY on the same connection, inside the same transaction:
                     # a third cheaper than executemany for a group commit's rows.
@@ -94,6 +97,15 @@ class PostgresEventLog(SQLEventLog):
                     )
                     await conn.execute(self._notify)  # delivered when the transaction commits
         return results
+
+    def _apply_on(
+        self, conn: Connection, operations: list[Operation]
+    ) -> tuple[list[object], list[EventRow]]:
+        def execute(sql: str, params: tuple[object, ...]) -> Any:
+            result = conn.exec_driver_sql(sql, params)
+            return result.all() if result.returns_rows else []
+
+        return self._apply(execute, operations)
 
     async def _read_rows(self, after: int, limit: int) -> list[LogRow]:
         with self._translate_errors():

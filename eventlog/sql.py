@@ -12,7 +12,7 @@ import contextlib
 import sqlite3
 import time
 from abc import abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import asyncpg
 from sqlalchemy import Connection, insert, select
@@ -27,12 +27,28 @@ __all__ = ["EventRow", "SQLEventLog"]
 
 # An events row as inserted: position, event_id, session_id, at, worker, data.
 EventRow = tuple[int, str, str | None, float, str, bytes]
+# Runs one statement in the driver's own terms (its placeholders); its rows.
+Execute = Callable[[str, tuple[object, ...]], Sequence[Sequence[object]]]
 
 
 class SQLEventLog(EventLog):
     def __init__(self, url: str, *, namespace: str, clock: Callable[[], float] = time.time) -> None:
         super().__init__(url=redact(url), clock=clock)
         self._schema = SQLSchema(check_namespace(namespace))
+        # The statements of an append, in the driver's terms: SQLAlchemy's statement
+        # machinery would cost more than the database's own work.
+        events, owners = self._schema.events.name, self._schema.owners.name
+        first, second = self._placeholder(1), self._placeholder(2)
+        self._head_sql = f"SELECT coalesce(max(position), 0) FROM {events}"
+        self._owner_sql = f"SELECT owner FROM {owners} WHERE session_id = {first}"
+        self._add_owner_sql = f"INSERT INTO {owners} (session_id, owner) VALUES ({first}, {second})"
+        self._set_owner_sql = f"UPDATE {owners} SET owner = {first} WHERE session_id = {second}"
+        self._drop_owner_sql = f"DELETE FROM {owners} WHERE session_id = {first}"
+
+    @staticmethod
+    @abstractmethod
+    def _placeholder(number: int) -> str:
+        """The driver's placeholder for the statement's parameter ``number`` (from 1)."""
 
     @contextlib.contextmanager
     def _translate_errors(self) -> Iterator[None]:
@@ -63,18 +79,17 @@ class SQLEventLog(EventLog):
         )
 
     def _apply(
-        self, conn: Connection, operations: list[Operation]
+        self, execute: Execute, operations: list[Operation]
     ) -> tuple[list[object], list[EventRow]]:
         """Apply ``operations`` inside the caller's locked transaction, but for the
         events rows, which the caller inserts (each backend has its fastest way).
 
         Returns one result per operation and the new rows, all columns in table order.
-        Runs synchronously: in a worker thread for SQLite, in ``run_sync`` for asyncpg.
+        Runs synchronously: in the writer thread for SQLite, in ``run_sync`` for asyncpg.
         """
-        owners = self._schema.owners
         at = self.clock()
-        head = conn.execute(self._schema.head).scalar_one()
-        positions = self._known_positions(conn, operations)
+        head = execute(self._head_sql, ())[0][0]
+        positions = self._known_positions(execute, operations)
         new_rows: list[EventRow] = []
 
         def store(worker: str, event: StoredEvent) -> int:
@@ -93,15 +108,14 @@ class SQLEventLog(EventLog):
             if isinstance(operation, Append):
                 results.append([store(operation.worker, e) for e in operation.events])
                 continue
-            where = owners.c.session_id == operation.key
-            current = conn.execute(select(owners.c.owner).where(where)).scalar()
+            found = execute(self._owner_sql, (operation.key,))
+            current = found[0][0] if found else None
             if isinstance(operation, Claim):
                 if current == operation.expected:
                     if current is None:
-                        row = {"session_id": operation.key, "owner": operation.worker}
-                        conn.execute(insert(owners).values(row))
+                        execute(self._add_owner_sql, (operation.key, operation.worker))
                     else:
-                        conn.execute(owners.update().where(where).values(owner=operation.worker))
+                        execute(self._set_owner_sql, (operation.worker, operation.key))
                     store(operation.worker, operation.event)
                     current = operation.worker
                 results.append(current)
@@ -109,7 +123,7 @@ class SQLEventLog(EventLog):
                 assert isinstance(operation, Release)
                 owned = current == operation.worker
                 if owned:
-                    conn.execute(owners.delete().where(where))
+                    execute(self._drop_owner_sql, (operation.key,))
                     store(operation.worker, operation.event)
                 results.append(owned)
         return results, new_rows
@@ -128,14 +142,14 @@ class SQLEventLog(EventLog):
         snapshots = self._schema.snapshots
         return select(snapshots.c.data).where(snapshots.c.name == name)
 
-    def _known_positions(self, conn: Connection, operations: list[Operation]) -> dict[str, int]:
+    def _known_positions(self, execute: Execute, operations: list[Operation]) -> dict[str, int]:
         ids = [
             e.event_id
             for operation in operations
             for e in (operation.events if isinstance(operation, Append) else [operation.event])
         ]
-        # One statement and one parameter for the whole batch, in the driver's own terms.
-        return dict(conn.exec_driver_sql(self._known_ids_sql, (self._ids_parameter(ids),)).all())
+        # One statement and one parameter for the whole batch.
+        return dict(execute(self._known_ids_sql, (self._ids_parameter(ids),)))  # type: ignore[arg-type]
 
     @property
     @abstractmethod

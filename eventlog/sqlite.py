@@ -59,6 +59,10 @@ class SQLiteEventLog(SQLEventLog):
         # How often a waiting tail looks at the head.
         self._poll_interval = poll_interval
         # One writer thread: SQLite has one writer at a time anyway.
+        self._durability, self._busy_timeout = durability, busy_timeout
+        self._write_conn: sqlite3.Connection | None = None  # for appends
+        self._write_waits = True  # whether it waits for a busy lock (its busy_timeout)
+        # For the rest of the writes (tables, snapshots), on the same one thread.
         self._writer = _engine(sa_url, durability, busy_timeout, 1, begin="BEGIN IMMEDIATE")
         self._reader = _engine(sa_url, durability, busy_timeout, readers, begin=None)
         self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="sessionlog-sqlite-write")
@@ -76,6 +80,10 @@ class SQLiteEventLog(SQLEventLog):
         # False where the platform has none (then tails poll every poll_interval).
         self._watch: _FileWatch | Literal[False] | None = None
         self._changed_at = 0.0
+
+    @staticmethod
+    def _placeholder(number: int) -> str:
+        return "?"
 
     @property
     def _known_ids_sql(self) -> str:
@@ -98,16 +106,51 @@ class SQLiteEventLog(SQLEventLog):
             self._schema.metadata.create_all(conn)
 
     async def _commit(self, operations: list[Operation]) -> list[object]:
-        return await self._in_thread(self._write_thread, self._commit_now, operations)
+        # On the event loop's thread when the write lock is free and nothing is synced
+        # to disk: a WAL commit then takes tens of microseconds, a hop to the writer
+        # thread and back several times that. Else in the writer thread, which may
+        # wait for the lock (another process writing) or for the disk.
+        if self._durability != "full":
+            with self._translate_errors():
+                try:
+                    return self._commit_now(operations, wait=False)
+                except _Busy:
+                    pass
+        return await self._in_thread(self._write_thread, self._commit_now, operations, True)
 
-    def _commit_now(self, operations: list[Operation]) -> list[object]:
-        with self._writer.begin() as conn:
-            results, rows = self._apply(conn, operations)
+    def _commit_now(self, operations: list[Operation], wait: bool) -> list[object]:
+        """Commit on the driver, on the one write connection (group commits run one at
+        a time, so its two callers never meet): SQLAlchemy's transaction and statement
+        machinery cost more than SQLite's own work. Without ``wait``, raises _Busy at
+        once if another connection holds the write lock."""
+        conn = self._write_connection()
+        if wait != self._write_waits:
+            conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000) if wait else 0}")
+            self._write_waits = wait
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if not wait and exc.sqlite_errorcode == sqlite3.SQLITE_BUSY:
+                raise _Busy from exc
+            raise
+        try:
+            results, rows = self._apply(
+                lambda sql, params: conn.execute(sql, params).fetchall(), operations
+            )
             if rows:
-                # Straight to the driver's executemany: SQLAlchemy's per-row parameter
-                # processing would cost more than SQLite's own work.
-                conn.exec_driver_sql(self._insert_sql, rows)
+                conn.executemany(self._insert_sql, rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
         return results
+
+    def _write_connection(self) -> sqlite3.Connection:
+        """The connection appends are committed on, opened on the first."""
+        if self._write_conn is None:
+            self._write_conn = _connect(self._path, self._durability, self._busy_timeout)
+        return self._write_conn
 
     async def _read_rows(self, after: int, limit: int) -> list[LogRow]:
         return await self._in_thread(self._read_threads, self._read_now, after, limit)
@@ -169,6 +212,8 @@ class SQLiteEventLog(SQLEventLog):
             self._poller.close()
         for pool in (self._write_thread, self._read_threads):
             await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
+        if self._write_conn is not None:
+            self._write_conn.close()
         self._writer.dispose()
         self._reader.dispose()
 
@@ -183,13 +228,7 @@ def _engine(url: Any, durability: str, busy_timeout: float, size: int, begin: st
 
     @sa_event.listens_for(engine, "connect")
     def _configure(dbapi_connection: Any, _record: Any) -> None:
-        # We issue BEGIN ourselves: the driver's implicit transactions start deferred,
-        # and a deferred writer can fail to upgrade its lock. Readers run autocommit.
-        dbapi_connection.isolation_level = None
-        dbapi_connection.execute("PRAGMA journal_mode=WAL")
-        dbapi_connection.execute(f"PRAGMA synchronous={durability.upper()}")
-        # 64 MiB of page cache (the default is 2 MiB): the indexes of a long log stay hot.
-        dbapi_connection.execute("PRAGMA cache_size=-65536")
+        _configure_connection(dbapi_connection, durability)
 
     if begin is not None:
 
@@ -198,6 +237,26 @@ def _engine(url: Any, durability: str, busy_timeout: float, size: int, begin: st
             connection.exec_driver_sql(begin)
 
     return engine
+
+
+def _configure_connection(connection: sqlite3.Connection, durability: str) -> None:
+    # We issue BEGIN ourselves: the driver's implicit transactions start deferred, and
+    # a deferred writer can fail to upgrade its lock. Readers run autocommit.
+    connection.isolation_level = None
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute(f"PRAGMA synchronous={durability.upper()}")
+    # 64 MiB of page cache (the default is 2 MiB): the indexes of a long log stay hot.
+    connection.execute("PRAGMA cache_size=-65536")
+
+
+def _connect(path: str, durability: str, busy_timeout: float) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, timeout=busy_timeout, check_same_thread=False)
+    _configure_connection(connection, durability)
+    return connection
+
+
+class _Busy(Exception):
+    """Another connection holds the write lock (and this commit would not wait)."""
 
 
 class _FileWatch:
