@@ -294,7 +294,7 @@ def _machine() -> str:
             m = report["machine"]
             return (
                 f"Measured on {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, "
-                f"Python {m['python']}, in one run of `python -m bench`."
+                f"Python {m['python']}, by `python -m bench`."
             )
     return ""
 
