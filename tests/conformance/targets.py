@@ -21,7 +21,7 @@ from pathlib import Path
 
 from gateway.testing.persist_proxy import VERSION as PERSIST_VERSION
 from gateway.testing.persist_proxy import persist_proxy
-from gateway.testing.servers import RedisServer, accepts, free_port, wait_until
+from gateway.testing.servers import RedisServer, accepts, free_port, stop_process, wait_until
 from gateway.testing.serving import serve_process
 
 from .suite import Toolchain
@@ -94,12 +94,7 @@ def _process(command: list[str], port: int, what: str, log: Path) -> Iterator[st
         wait_until(lambda: accepts(port), what, process, log)
         yield f"http://127.0.0.1:{port}"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=10)
 
 
 @contextmanager
