@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import sqlite3
 import time
@@ -27,6 +28,8 @@ from .errors import EventLogError
 from .sql import SQLEventLog
 
 __all__ = ["SQLiteEventLog"]
+
+logger = logging.getLogger("sessionlog.eventlog")
 
 Durability = Literal["off", "normal", "full"]
 
@@ -50,6 +53,7 @@ class SQLiteEventLog(SQLEventLog):
         busy_timeout: float = 30.0,
         # Limits
         readers: int = 2,
+        checkpoint_rows: int = 10_000,
     ) -> None:
         super().__init__(url, namespace=namespace, clock=clock)
         if durability not in ("off", "normal", "full"):
@@ -62,6 +66,12 @@ class SQLiteEventLog(SQLEventLog):
         self._durability, self._busy_timeout = durability, busy_timeout
         self._write_conn: sqlite3.Connection | None = None  # for appends
         self._write_waits = True  # whether it waits for a busy lock (its busy_timeout)
+        # The WAL is checkpointed after the commit that follows this many rows since
+        # the last, which then runs in the writer thread, rather than by SQLite's own
+        # checkpoint: that runs in whichever commit crosses its threshold, with an
+        # fsync, maybe on the event loop's thread.
+        self._checkpoint_rows = checkpoint_rows
+        self._unchecked_rows = 0
         # For the rest of the writes (tables, snapshots), on the same one thread.
         self._writer = _engine(sa_url, durability, busy_timeout, 1, begin="BEGIN IMMEDIATE")
         self._reader = _engine(sa_url, durability, busy_timeout, readers, begin=None)
@@ -110,19 +120,26 @@ class SQLiteEventLog(SQLEventLog):
         # to disk: a WAL commit then takes tens of microseconds, a hop to the writer
         # thread and back several times that. Else in the writer thread, which may
         # wait for the lock (another process writing) or for the disk.
-        if self._durability != "full":
+        checkpoint = self._unchecked_rows >= self._checkpoint_rows
+        if self._durability != "full" and not checkpoint:
             with self._translate_errors():
                 try:
                     return self._commit_now(operations, wait=False)
                 except _Busy:
                     pass
-        return await self._in_thread(self._write_thread, self._commit_now, operations, True)
+        return await self._in_thread(
+            self._write_thread, self._commit_now, operations, True, checkpoint
+        )
 
-    def _commit_now(self, operations: list[Operation], wait: bool) -> list[object]:
+    def _commit_now(
+        self, operations: list[Operation], wait: bool, checkpoint: bool = False
+    ) -> list[object]:
         """Commit on the driver, on the one write connection (group commits run one at
         a time, so its two callers never meet): SQLAlchemy's transaction and statement
         machinery cost more than SQLite's own work. Without ``wait``, raises _Busy at
-        once if another connection holds the write lock."""
+        once if another connection holds the write lock. With ``checkpoint``, copies
+        the WAL back into the database after the commit (PASSIVE: without waiting for
+        readers), before this connection writes again, so the WAL can start over."""
         conn = self._write_connection()
         if wait != self._write_waits:
             conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000) if wait else 0}")
@@ -140,16 +157,24 @@ class SQLiteEventLog(SQLEventLog):
             if rows:
                 conn.executemany(self._insert_sql, rows)
             conn.execute("COMMIT")
+            self._unchecked_rows += len(rows)
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        if checkpoint:
+            try:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                self._unchecked_rows = 0
+            except sqlite3.Error as exc:  # committed all the same; the next one tries again
+                logger.warning("checkpoint of %s failed: %s", self.url, exc)
         return results
 
     def _write_connection(self) -> sqlite3.Connection:
         """The connection appends are committed on, opened on the first."""
         if self._write_conn is None:
             self._write_conn = _connect(self._path, self._durability, self._busy_timeout)
+            self._write_conn.execute("PRAGMA wal_autocheckpoint=0")  # see _commit_now
         return self._write_conn
 
     async def _read_rows(self, after: int, limit: int) -> list[LogRow]:

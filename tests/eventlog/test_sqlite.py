@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
 import pytest
 
-from eventlog import EventLog, SQLiteEventLog, open_log
+from eventlog import EventLog, SQLiteEventLog, WorkerHeartbeat, open_log
 from tests.eventlog.contract import SharedEventLogContract
 
 
@@ -50,3 +51,29 @@ async def test_relative_path_is_relative_to_the_working_directory(
     log = await open_log("sqlite:///here.db")
     await log.close()
     assert (tmp_path / "here.db").exists()
+
+
+@pytest.mark.parametrize("checkpoint_rows", [50, 1_000_000])
+async def test_the_wal_is_checkpointed_by_the_writer_thread(
+    tmp_path: Path, checkpoint_rows: int
+) -> None:
+    """SQLite's own checkpoint is off on the write connection (it would run, with an
+    fsync, in whichever commit crosses its threshold, maybe on the event loop); the log
+    checkpoints in its writer thread every ``checkpoint_rows`` rows instead."""
+    log = await open_log(f"sqlite:///{tmp_path}/log.db", checkpoint_rows=checkpoint_rows)
+    assert isinstance(log, SQLiteEventLog)
+    try:
+        for _ in range(400):
+            await log.append([WorkerHeartbeat()], worker="w")
+        # The writer thread has done what was submitted to it before this.
+        await asyncio.get_running_loop().run_in_executor(log._write_thread, lambda: None)
+        with sqlite3.connect(log._path) as db:
+            (autocheckpoint,) = db.execute("PRAGMA wal_autocheckpoint").fetchone()
+            _, frames, _ = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        (writer_autocheckpoint,) = log._write_conn.execute("PRAGMA wal_autocheckpoint").fetchone()
+    finally:
+        await log.close()
+    assert autocheckpoint == 1000 and writer_autocheckpoint == 0  # off for appends only
+    # Each checkpoint lets the WAL start over: it holds what came after the last one.
+    written = 400 if checkpoint_rows > 400 else checkpoint_rows
+    assert written <= frames <= 4 * written
