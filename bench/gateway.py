@@ -27,13 +27,12 @@ from typing import Any
 
 import aiohttp
 import orjson
-import psutil
 
 from gateway.protocol.sse_codec import SSEParser
-from gateway.testing.sdk_server import start_sdk_server, stop_sdk_server
+from gateway.testing.sdk_server import sdk_server
 from gateway.testing.serving import serve_process
 
-from .harness import Row, ScenarioResult, measured, percentile
+from .harness import Row, ScenarioResult, cpu_seconds, measured, percentile, process_tree
 
 __all__ = ["scenario"]
 
@@ -52,13 +51,17 @@ INITIALIZE = {
 }
 
 
-def _call(request_id: int) -> dict[str, Any]:
+def tool_call(request_id: int, tool: str, **arguments: str) -> dict[str, Any]:
     return {
         "jsonrpc": "2.0",
         "id": request_id,
         "method": "tools/call",
-        "params": {"name": "echo", "arguments": {"text": f"call {request_id}"}},
+        "params": {"name": tool, "arguments": arguments},
     }
+
+
+def _call(request_id: int) -> dict[str, Any]:
+    return tool_call(request_id, "echo", text=f"call {request_id}")
 
 
 async def _sse_messages(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
@@ -175,16 +178,6 @@ async def drive(url: str, transport: str, clients: int, seconds: float) -> list[
     return latencies
 
 
-def _cpu_seconds(process: psutil.Process) -> float:
-    """User + system CPU of a process and its children (a --workers supervisor's)."""
-    total = 0.0
-    for each in [process, *process.children(recursive=True)]:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            times = each.cpu_times()
-            total += times.user + times.system
-    return total
-
-
 @contextlib.contextmanager
 def _sessionlog(workdir: Path, workers: int) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     log = f"sqlite:///{workdir}/tools-call-{workers}-{secrets.token_hex(4)}.db"
@@ -194,21 +187,18 @@ def _sessionlog(workdir: Path, workers: int) -> Iterator[tuple[subprocess.Popen[
 
 @contextlib.contextmanager
 def _sdk(transport: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    process, url = start_sdk_server(json_response=False, transport=transport)
-    try:
+    with sdk_server(transport=transport) as (process, url):
         yield process, url.rsplit("/", 1)[0]
-    finally:
-        stop_sdk_server(process)
 
 
 async def _measure(
     process: subprocess.Popen[bytes], url: str, transport: str, clients: int, seconds: float
 ) -> dict[str, Any]:
-    server = psutil.Process(process.pid)
+    server = process_tree(process)
     await drive(url, transport, clients, min(1.0, seconds))  # warm-up: imports, caches
-    cpu_before, started = _cpu_seconds(server), time.perf_counter()
+    cpu_before, started = cpu_seconds(server), time.perf_counter()
     latencies = await drive(url, transport, clients, seconds)
-    elapsed, cpu = time.perf_counter() - started, _cpu_seconds(server) - cpu_before
+    elapsed, cpu = time.perf_counter() - started, cpu_seconds(server) - cpu_before
     return {
         "calls": len(latencies),
         "calls_per_second": len(latencies) / elapsed,

@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import subprocess
 from collections.abc import Iterable, Iterator
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import psutil
 
 from gateway.testing.servers import PostgresServer, RedisServer
 
@@ -18,10 +20,13 @@ __all__ = [
     "Row",
     "ScenarioResult",
     "backends",
+    "cpu_seconds",
     "machine",
     "measured",
     "percentile",
+    "process_tree",
     "report",
+    "rss_mib",
 ]
 
 
@@ -70,6 +75,32 @@ def measured(
         for metric, value, unit in values
         if value is not None
     ]
+
+
+def process_tree(process: subprocess.Popen[bytes]) -> list[psutil.Process]:
+    """A server's process and its children (a --workers supervisor's workers)."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        parent = psutil.Process(process.pid)
+        return [parent, *parent.children(recursive=True)]
+    return []
+
+
+def cpu_seconds(processes: list[psutil.Process]) -> float:
+    """User + system CPU of ``processes`` so far, as /proc counts it."""
+    total = 0.0
+    for each in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = each.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def rss_mib(processes: list[psutil.Process]) -> float:
+    total = 0
+    for each in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += each.memory_info().rss
+    return total / 2**20
 
 
 def percentile(values: list[float], q: float) -> float:

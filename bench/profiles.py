@@ -18,7 +18,7 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-from gateway.testing.sdk_server import start_sdk_server, stop_sdk_server
+from gateway.testing.sdk_server import sdk_server
 from gateway.testing.serving import serve_process
 
 from .gateway import drive
@@ -37,11 +37,8 @@ def _upstream(case: str) -> Iterator[tuple[str, ...]]:
     if case != "upstream":
         yield ()
         return
-    process, url = start_sdk_server(json_response=False)
-    try:
+    with sdk_server() as (_, url):
         yield ("--upstream", url)
-    finally:
-        stop_sdk_server(process)
 
 
 def _summary(stats_file: Path, title: str) -> str:

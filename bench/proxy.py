@@ -52,11 +52,19 @@ import psutil
 from gateway.protocol.sse_codec import SSEParser
 from gateway.testing.persist_proxy import VERSION as PERSIST_VERSION
 from gateway.testing.persist_proxy import persist_proxy
-from gateway.testing.sdk_server import start_sdk_server, stop_sdk_server
+from gateway.testing.sdk_server import sdk_server
 from gateway.testing.serving import serve_process
 
-from .gateway import StreamableClient, _sse_messages, drive
-from .harness import Row, ScenarioResult, measured, percentile
+from .gateway import StreamableClient, _sse_messages, drive, tool_call
+from .harness import (
+    Row,
+    ScenarioResult,
+    cpu_seconds,
+    measured,
+    percentile,
+    process_tree,
+    rss_mib,
+)
 
 __all__ = ["CONCURRENCY", "System", "scenario"]
 
@@ -100,17 +108,15 @@ class Stores:
     def __init__(self, urls: dict[str, str], workdir: Path) -> None:
         self.urls, self.workdir = urls, workdir
 
-    def sessionlog(self, backend: str) -> str:
-        return self.urls[backend].replace("NS", f"proxy_{secrets.token_hex(4)}")
-
-    def persist(self, backend: str) -> str:
-        name = f"persist-{secrets.token_hex(4)}"
-        if backend == "sqlite":
-            return str(self.workdir / f"{name}.db")
-        base = self.urls[backend].split("?", 1)[0]
-        # mcp-persist keeps its keys under a prefix and its rows in one table: a
-        # fresh Redis database or PostgreSQL schema is not needed, a fresh run is.
-        return base
+    def fresh(self, system: System) -> str:
+        """A log URL for sessionlog, a store for mcp-persist (a file, or the server's
+        URL: it keeps its keys under a prefix and its rows in one table, so a fresh
+        Redis database or PostgreSQL schema is not needed, a fresh run is)."""
+        if system.name == "sessionlog":
+            return self.urls[system.backend].replace("NS", f"proxy_{secrets.token_hex(4)}")
+        if system.backend == "sqlite":
+            return str(self.workdir / f"persist-{secrets.token_hex(4)}.db")
+        return self.urls[system.backend].split("?", 1)[0]
 
 
 @dataclass
@@ -120,19 +126,7 @@ class Proxy:
 
 
 @contextlib.contextmanager
-def upstream(workdir: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """A fresh SDK server; (its process, its MCP endpoint)."""
-    process, url = start_sdk_server(json_response=False)
-    try:
-        yield process, url
-    finally:
-        stop_sdk_server(process)
-
-
-@contextlib.contextmanager
-def proxy(
-    system: System, upstream_url: str, store: str, output: Path, *, port: int | None = None
-) -> Iterator[Proxy]:
+def proxy(system: System, upstream_url: str, store: str, output: Path) -> Iterator[Proxy]:
     """One proxy process of ``system`` in front of ``upstream_url``, on ``store``."""
     if system.name == "sessionlog":
         workers = ("--workers", str(system.workers)) if system.workers > 1 else ()
@@ -141,33 +135,8 @@ def proxy(
     else:
         base = upstream_url.rsplit("/", 1)[0]
         backend = PERSIST_BACKENDS[system.backend]
-        with persist_proxy(base, backend, store, output, port=port) as served:
+        with persist_proxy(base, backend, store, output) as served:
             yield Proxy(f"{served.url}/mcp", served.process)
-
-
-def _processes(process: subprocess.Popen[bytes]) -> list[psutil.Process]:
-    """A server's process and its children (a --workers supervisor's workers)."""
-    with contextlib.suppress(psutil.NoSuchProcess):
-        parent = psutil.Process(process.pid)
-        return [parent, *parent.children(recursive=True)]
-    return []
-
-
-def _cpu_seconds(processes: list[psutil.Process]) -> float:
-    total = 0.0
-    for each in processes:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            times = each.cpu_times()
-            total += times.user + times.system
-    return total
-
-
-def _rss_mib(processes: list[psutil.Process]) -> float:
-    total = 0
-    for each in processes:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            total += each.memory_info().rss
-    return total / 2**20
 
 
 # -- throughput ---------------------------------------------------------------------
@@ -181,15 +150,12 @@ async def _load(
     seconds: float,
 ) -> dict[str, float]:
     await drive(url, "streamable-http", clients, min(1.0, seconds))  # warm-up
-    proxy_before, upstream_before = (
-        _cpu_seconds(proxy_processes),
-        _cpu_seconds(upstream_processes),
-    )
+    proxy_before, upstream_before = cpu_seconds(proxy_processes), cpu_seconds(upstream_processes)
     started = time.perf_counter()
     latencies = await drive(url, "streamable-http", clients, seconds)
     elapsed = time.perf_counter() - started
-    proxy_cpu = _cpu_seconds(proxy_processes) - proxy_before
-    upstream_cpu = _cpu_seconds(upstream_processes) - upstream_before
+    proxy_cpu = cpu_seconds(proxy_processes) - proxy_before
+    upstream_cpu = cpu_seconds(upstream_processes) - upstream_before
     calls = max(1, len(latencies))
     return {
         "calls": len(latencies),
@@ -199,7 +165,7 @@ async def _load(
         # The upstream alone has no proxy: its own CPU is the "proxy" column's.
         "proxy_cpu_ms_per_call": 1000 * (proxy_cpu or upstream_cpu) / calls,
         "total_cpu_ms_per_call": 1000 * (proxy_cpu + upstream_cpu) / calls,
-        "rss_mib": _rss_mib(proxy_processes or upstream_processes),
+        "rss_mib": rss_mib(proxy_processes or upstream_processes),
     }
 
 
@@ -207,19 +173,15 @@ def _throughput_round(
     system: System, stores: Stores, workdir: Path, seconds: float
 ) -> dict[int, dict[str, float]]:
     results: dict[int, dict[str, float]] = {}
-    with upstream(workdir) as (upstream_process, upstream_url):
-        upstream_processes = _processes(upstream_process)
+    with sdk_server() as (upstream_process, upstream_url):
+        upstream_processes = process_tree(upstream_process)
         with contextlib.ExitStack() as stack:
             if system.name == "upstream":
                 url, proxy_processes = upstream_url, []
             else:
-                store = (
-                    stores.sessionlog(system.backend)
-                    if system.name == "sessionlog"
-                    else stores.persist(system.backend)
-                )
+                store = stores.fresh(system)
                 served = stack.enter_context(proxy(system, upstream_url, store, _output(workdir)))
-                url, proxy_processes = served.url, _processes(served.process)
+                url, proxy_processes = served.url, process_tree(served.process)
             for clients in CONCURRENCY:
                 results[clients] = asyncio.run(
                     _load(url, proxy_processes, upstream_processes, clients, seconds)
@@ -229,15 +191,6 @@ def _throughput_round(
 
 
 # -- failures -----------------------------------------------------------------------
-
-
-def _call(request_id: int, tool: str, **arguments: str) -> dict[str, Any]:
-    return {
-        "jsonrpc": "2.0",
-        "id": request_id,
-        "method": "tools/call",
-        "params": {"name": tool, "arguments": arguments},
-    }
 
 
 @dataclass
@@ -298,7 +251,9 @@ async def _release(http: aiohttp.ClientSession, upstream_url: str, key: str) -> 
     await client.open()
     async with (
         asyncio.timeout(RESUME_GUARD),
-        http.post(upstream_url, json=_call(1, "gate", key=key), headers=client.headers) as response,
+        http.post(
+            upstream_url, json=tool_call(1, "gate", key=key), headers=client.headers
+        ) as response,
     ):
         response.raise_for_status()
         await response.read()
@@ -312,7 +267,9 @@ async def _start_gated(
     that had one by then (None if none had)."""
     parser, last_id = SSEParser(), None
     async with asyncio.timeout(RESUME_GUARD):
-        response = await http.post(url, json=_call(request_id, "gate", key=key), headers=headers)
+        response = await http.post(
+            url, json=tool_call(request_id, "gate", key=key), headers=headers
+        )
         try:
             response.raise_for_status()
             async for chunk in response.content.iter_any():
@@ -331,7 +288,7 @@ async def _failure_case(case: str, a: Proxy, b: Proxy, upstream_url: str) -> Out
         headers = await _open(http, a.url)
         if case == "session opened on another process":
             return await _timed_answer(
-                http, "POST", b.url, headers, 7, _call(7, "echo", text="hello")
+                http, "POST", b.url, headers, 7, tool_call(7, "echo", text="hello")
             )
         key = secrets.token_hex(4)
         event_id = await _start_gated(http, a.url, headers, 7, key)
@@ -357,22 +314,11 @@ FAILURE_CASES = (
 def _failures(system: System, stores: Stores, workdir: Path) -> dict[str, Outcome]:
     outcomes: dict[str, Outcome] = {}
     for case in FAILURE_CASES:
-        with upstream(workdir) as (_, upstream_url), contextlib.ExitStack() as stack:
-            store = (
-                stores.sessionlog(system.backend)
-                if system.name == "sessionlog"
-                else stores.persist(system.backend)
-            )
+        with sdk_server() as (_, upstream_url), contextlib.ExitStack() as stack:
+            store = stores.fresh(system)
             a, b = (
-                stack.enter_context(
-                    proxy(
-                        system,
-                        upstream_url,
-                        store,
-                        workdir / f"fault-{name}-{secrets.token_hex(4)}.log",
-                    )
-                )
-                for name in "ab"
+                stack.enter_context(proxy(system, upstream_url, store, _output(workdir)))
+                for _ in "ab"
             )
             outcome = asyncio.run(_failure_case(case, a, b, upstream_url))
         print(f"proxy {system.label} {case}: {outcome}", file=sys.stderr)

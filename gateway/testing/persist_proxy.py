@@ -5,6 +5,7 @@ owns its version, its virtualenv and running it."""
 
 from __future__ import annotations
 
+import functools
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ _PROBE = (
 )
 
 
+@functools.cache
 def ensure() -> Path:
     """The Python of mcp-persist's virtualenv, made on first use (about a minute)."""
     return ensure_venv(cache_dir() / f"mcp-persist-{VERSION}", [_REQUIREMENT], _PROBE)

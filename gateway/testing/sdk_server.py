@@ -8,11 +8,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .servers import accepts, free_port, stop_process, wait_until
 
-__all__ = ["SDK_SERVER", "start_sdk_server", "stop_sdk_server"]
+__all__ = ["SDK_SERVER", "sdk_server", "start_sdk_server", "stop_sdk_server"]
 
 # An MCP server on the official SDK, over Streamable HTTP on 127.0.0.1.
 # argv: port; "json" for JSON responses or "sse" for SSE ones; the transport,
@@ -113,3 +115,15 @@ def start_sdk_server(
 
 def stop_sdk_server(process: subprocess.Popen[bytes]) -> None:
     stop_process(process, timeout=10)
+
+
+@contextmanager
+def sdk_server(
+    json_response: bool = False, transport: str = "streamable-http"
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """:func:`start_sdk_server` for the length of a ``with``: (the process, its URL)."""
+    process, url = start_sdk_server(json_response, transport)
+    try:
+        yield process, url
+    finally:
+        stop_sdk_server(process)

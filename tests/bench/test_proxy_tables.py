@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-from bench.harness import Row
+from bench.harness import Row, measured
 from bench.proxy import conformance_rows
 from bench.readme import render
 
 
 def _row(system: str, backend: str, parameter: str, metric: str, value: float) -> Row:
     unit = {"calls/s": "1/s", "answered": ""}.get(metric, "ms")
-    return Row(
-        scenario="proxy-faults" if metric in ("answered", "time to answer") else "proxy",
-        system=system,
-        backend=backend,
-        parameter=parameter,
-        metric=metric,
-        value=value,
-        unit=unit,
-    )
+    scenario = "proxy-faults" if metric in ("answered", "time to answer") else "proxy"
+    [row] = measured(scenario, system, backend, parameter, [(metric, value, unit)])
+    return row
 
 
 def test_proxy_tables_compare_each_backend_and_show_the_failures() -> None:
