@@ -207,6 +207,22 @@ class Answering:
         event = ClientMessage(session_id=session_id, payload=payload)
         await runtime.log.append([event], worker=runtime.worker_id)
 
+    async def receive(self, session_id: str, payload: bytes, message: Any) -> None:
+        """A client message for the session, arriving outside a request that could
+        carry its answer (HTTP+SSE's POST). If this worker answers the session's
+        messages and the handler answers this one at once, it is answered now, in
+        the same append, and the reply goes to the stream once durable; otherwise it
+        is recorded (:meth:`record`) for the owner. Durable when this returns.
+
+        Raises:
+            SessionNotFound: the session is not open on any worker.
+        """
+        responder = self._responders.get(session_id)
+        if responder is not None and self.at_once(message):
+            await self.answer_at_once(session_id, payload, message, responder.context)
+        else:
+            await self.record(session_id, payload)
+
     async def accept(
         self, session_id: str, payload: bytes, opening: SessionOpened | None = None
     ) -> tuple[str, int]:
@@ -234,24 +250,32 @@ class Answering:
         reply. Related messages the handler sends are recorded first and passed to
         ``send_related``. Returns the reply as recorded, or None (no reply due).
         """
-        log, worker = self.runtime.log, self.runtime.worker_id
+        runtime = self.runtime
+        log, worker, streams = runtime.log, runtime.worker_id, runtime.streams
 
         async def related(payload: dict[str, Any]) -> None:
             event = ServerMessage(
                 session_id=session_id, payload=orjson.dumps(payload), reply_to=message_id
             )
+            since = runtime.clock()
             [position] = await log.append([event], worker=worker)
+            sent = SentMessage(position, event.payload, message_id)
+            streams.send_appended(session_id, sent, position, since)
             if send_related is not None:
                 try:
-                    await send_related(SentMessage(position, event.payload, message_id))
+                    await send_related(sent)
                 except (ConnectionError, RuntimeError, TimeoutError) as exc:
                     # The client went away; the message is in the log for its resume,
                     # and the handler goes on to its answer.
                     logger.debug("session %s: related message not sent: %s", session_id, exc)
 
         outcome = await self._outcome(session_id, message_id, message, ctx, related)
+        since = runtime.clock()
         positions = await log.append(outcome, worker=worker)
-        return _reply(outcome, positions)
+        reply = _reply(outcome, positions)
+        if reply is not None:
+            streams.send_appended(session_id, reply, positions[0], since)
+        return reply
 
     async def answer_at_once(
         self,
@@ -271,9 +295,13 @@ class Answering:
         event = ClientMessage(session_id=session_id, payload=payload, answered_by=runtime.worker_id)
         outcome = await self._outcome(session_id, event.id, message, ctx, None)
         events: list[Event] = [event, *outcome] if opening is None else [opening, event, *outcome]
+        since = runtime.clock()
         positions = await runtime.log.append(events, worker=runtime.worker_id)
         at = len(events) - len(outcome)
-        return event.id, positions[at - 1], _reply(outcome, positions[at:])
+        reply = _reply(outcome, positions[at:])
+        if reply is not None:
+            runtime.streams.send_appended(session_id, reply, positions[0], since)
+        return event.id, positions[at - 1], reply
 
     async def _outcome(
         self,
@@ -327,14 +355,6 @@ class Answering:
             self.answer(session_id, message_id, message, ctx, send_related)
         )
         return await asyncio.shield(answering)
-
-    async def send_server_message(self, session_id: str, message: dict[str, Any]) -> int:
-        """Record a server-initiated message for the session; its position. The worker
-        holding the session's stream sends it."""
-        runtime = self.runtime
-        event = ServerMessage(session_id=session_id, payload=orjson.dumps(message))
-        [position] = await runtime.log.append([event], worker=runtime.worker_id)
-        return position
 
     async def follow_request(
         self, session_id: str, message_id: str, after: int

@@ -3,9 +3,11 @@ the session's server messages as they are folded, and letting it go.
 
 A session's stream is held on one worker at a time, the owner recorded in the log
 (a claim). Server messages for it reach this worker through the tail and go out in
-log order through a mailbox per stream; a client that reads slower than that is
-cut off (it resumes from its last event id). A claim by another worker, or the
-session's close, ends the stream here.
+log order through a mailbox per stream; one this worker appended itself goes out as
+soon as it is durable, when the tail has folded everything before it (no wait for
+the tail to read it back). A client that reads slower than that is cut off (it
+resumes from its last event id). A claim by another worker, or the session's close,
+ends the stream here.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ class _Held:
     # worker or a close means the session left this worker. (Before, such records
     # are older news about an earlier stream of the same session.)
     owned: bool = False
+    # The newest position put in the outbox: the tail skips what was sent at once.
+    queued_upto: int = 0
 
 
 class HeldStreams:
@@ -71,7 +75,7 @@ class HeldStreams:
         # Told the id of each session whose stream stops being held here.
         self.on_drop: list[Callable[[str], None]] = []
         # Told how long each server message for a stream held here took from its
-        # append to its fold (the gateway's delivery-latency metric).
+        # append to being queued for the stream (the gateway's delivery-latency metric).
         self.delivery_observer: Callable[[float], None] | None = None
         runtime.observers.append(self._react)
 
@@ -178,6 +182,36 @@ class HeldStreams:
             except Exception:
                 logger.exception("disconnecting a transport failed")
 
+    def send_appended(
+        self, session_id: str, message: SentMessage, first: int, since: float
+    ) -> None:
+        """Send a server message this worker appended (in a batch starting at log
+        position ``first``, at ``since`` on the runtime's clock) to the session's
+        stream if it is held here, now that it is durable. Only if the tail has
+        folded everything before the batch, so the stream keeps log order; otherwise
+        the tail sends it when it gets there."""
+        held = self._held.get(session_id)
+        if held is not None and held.owned and self.runtime.projection.position >= first - 1:
+            self._queue(session_id, held, message, since)
+
+    def _queue(self, session_id: str, held: _Held, message: SentMessage, since: float) -> None:
+        if message.position <= held.queued_upto:
+            return  # sent at once already (or folded before it was)
+        held.queued_upto = message.position
+        runtime = self.runtime
+        if self.delivery_observer is not None:
+            self.delivery_observer(max(0.0, runtime.clock() - since))
+        held.outbox.put(message)
+        if len(held.outbox) > OUTBOX_LIMIT:
+            # The client reads slower than it is sent to: end its stream rather
+            # than queue without bound. It may resume from its last event id.
+            logger.warning(
+                "session %s: client too slow; ending its stream",
+                session_id,
+                extra={"session_id": session_id},
+            )
+            runtime.spawn_recorded(session_id, self.release(session_id, "slow_client"))
+
     def _react(self, record: Record) -> None:
         event = record.event
         session_id = getattr(event, "session_id", None)
@@ -186,18 +220,8 @@ class HeldStreams:
             return
         runtime = self.runtime
         if isinstance(event, ServerMessage):
-            if self.delivery_observer is not None:
-                self.delivery_observer(max(0.0, runtime.clock() - record.at))
-            held.outbox.put(SentMessage(record.position, event.payload, event.reply_to))
-            if len(held.outbox) > OUTBOX_LIMIT:
-                # The client reads slower than it is sent to: end its stream rather
-                # than queue without bound. It may resume from its last event id.
-                logger.warning(
-                    "session %s: client too slow; ending its stream",
-                    session_id,
-                    extra={"session_id": session_id},
-                )
-                runtime.spawn_recorded(session_id, self.release(session_id, "slow_client"))
+            sent = SentMessage(record.position, event.payload, event.reply_to)
+            self._queue(session_id, held, sent, record.at)
         elif held.owned and (
             isinstance(event, SessionClosed)
             or (

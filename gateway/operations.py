@@ -79,7 +79,7 @@ class Metrics:
         self.prometheus.register(self.collector)
         self.delivery_latency = Histogram(
             "sessionlog_delivery_latency_seconds",
-            "From a server message's append to its fold by the worker holding the stream.",
+            "From a server message's append to its queueing by the worker holding the stream.",
             buckets=LATENCY_BUCKETS,
             registry=self.prometheus,
         )

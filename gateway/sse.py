@@ -41,7 +41,7 @@ async def open_stream(request: web.Request) -> web.StreamResponse:
         if resumed is not None:
             await find_session(runtime, resumed, identity)
         else:
-            request.app[LIMITS].check_new_session(runtime)
+            await request.app[LIMITS].check_new_session(runtime)
         session_id = resumed or secrets.token_hex(16)
     except LogUnavailable as exc:
         raise unavailable(exc) from None
@@ -67,11 +67,12 @@ async def post_message(request: web.Request) -> web.Response:
     if session_id is None:
         raise errors.invalid_request("session_id is required in the query string")
     body = await read_body(request)
-    check_initialize(parse_message(body)[0])
+    message = parse_message(body)[0]
+    check_initialize(message)
     try:
         runtime = await registry.started()
         await find_session(runtime, session_id, request[IDENTITY])
-        await runtime.answers.record(session_id, body)
+        await runtime.answers.receive(session_id, body, message)
     except SessionNotFound:
         raise errors.unknown_session(session_id) from None
     except LogUnavailable as exc:

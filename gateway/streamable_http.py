@@ -98,7 +98,7 @@ async def post(request: web.Request) -> web.StreamResponse:
     try:
         runtime = await registry.started()
         if inbound.session_id is None:  # initialize
-            request.app[LIMITS].check_new_session(runtime)
+            await request.app[LIMITS].check_new_session(runtime)
             session_id = secrets.token_hex(16)
             opening: SessionOpened | None = SessionOpened(
                 session_id=session_id, transport="streamable-http", user=identity

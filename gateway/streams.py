@@ -100,7 +100,8 @@ class StreamLimits:
         self.max_sessions = max_sessions
         self._open: Counter[str | None] = Counter()
 
-    def check_new_session(self, runtime: WorkerRuntime) -> None:
+    async def check_new_session(self, runtime: WorkerRuntime) -> None:
+        await runtime.sync()  # sessions opened a moment ago, on any worker, count
         if len(runtime.projection.state.sessions) >= self.max_sessions:
             raise errors.too_many_sessions()
 

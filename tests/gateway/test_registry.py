@@ -25,7 +25,7 @@ from gateway.protocol.errors import ProtocolError
 from gateway.reading import load_latest, timeline
 from gateway.settings import Settings
 from gateway.testing.servers import RedisServer
-from projections import SNAPSHOT_NAME
+from projections import SNAPSHOT_NAME, SentMessage
 from tests.gateway.helpers import (
     HANG_GUARD,
     FakeClock,
@@ -351,6 +351,47 @@ async def test_sessions_cost_no_tasks_and_workers_announce_themselves() -> None:
     kinds = [type(r.event).__name__ for r in await log.read(limit=1_000) if r.worker == "w"]
     assert kinds[0] == "WorkerStarted" and kinds[-1] == "WorkerStopped"
     assert "WorkerHeartbeat" in kinds
+
+
+async def test_a_message_appended_here_goes_out_once_durable_and_in_log_order(
+    registry: SessionRegistry,
+) -> None:
+    transport = RecordingTransport()
+    await registry.add_session("s", transport)
+    runtime = registry.runtime
+    await runtime.sync()
+    head, now = runtime.projection.position, runtime.clock()
+
+    def message(method: str) -> bytes:
+        return b'{"jsonrpc":"2.0","method":"%s"}' % method.encode()
+
+    # Everything before it folded: it goes out at once, before the log even holds it.
+    runtime.streams.send_appended("s", SentMessage(head + 1, message("a"), None), head + 1, now)
+    assert (await transport.wait_for(1))[0]["method"] == "a"
+    # A record before its batch is not folded yet: the tail sends it, after that one.
+    runtime.streams.send_appended("s", SentMessage(head + 3, message("c"), None), head + 3, now)
+    events = [ServerMessage(session_id="s", payload=message(m)) for m in "abc"]
+    await runtime.log.append(events, worker="elsewhere")
+    sent = await transport.wait_for(3)
+    await runtime.sync()
+    assert [m["method"] for m in sent] == ["a", "b", "c"]  # "a" once: the tail skips it
+
+
+async def test_an_http_sse_post_on_the_holder_is_answered_in_one_append(
+    registry: SessionRegistry,
+) -> None:
+    transport = RecordingTransport()
+    await registry.add_session("s", transport)
+    runtime = registry.runtime
+    context = HandlerContext("s", None, {})
+    responder = asyncio.create_task(runtime.answers.respond("s", context))
+    await runtime.sync()
+    commits = runtime.log.stats.commits
+    ping = {"jsonrpc": "2.0", "id": 7, "method": "ping"}
+    await runtime.answers.receive("s", b'{"jsonrpc":"2.0","id":7,"method":"ping"}', ping)
+    assert runtime.log.stats.commits == commits + 1  # message, reply and outcome together
+    assert (await transport.wait_for(1)) == [{"jsonrpc": "2.0", "id": 7, "result": {}}]
+    responder.cancel()
 
 
 class StuckTransport(RecordingTransport):
