@@ -1,9 +1,11 @@
 """SQLiteEventLog: the embedded default, one file in WAL mode.
 
-Each commit or read is one hop to a worker thread running the whole transaction on
-a plain SQLAlchemy connection: an async driver would hop once per statement, which
-costs more than SQLite's own work. SQLite has no notifications, so a tail polls the
-head: one cheap query per worker, never per session.
+Commits run on the driver on the event loop's thread when the write lock is free
+(a WAL commit takes tens of microseconds, a hop to a thread several times that), in
+one writer thread when they must wait for the lock or the disk. SQLite has no
+notifications, so a tail reads on a commit of its own process, and on a change of
+the database files (inotify) by another: one cheap query per worker, never per
+session.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.engine import make_url
 
 from .base import LogRow, Operation
-from .errors import EventLogError
+from .errors import EventLogError, LogUnavailable
 from .sql import SQLEventLog
 
 __all__ = ["SQLiteEventLog"]
@@ -77,8 +79,7 @@ class SQLiteEventLog(SQLEventLog):
         self._reader = _engine(sa_url, durability, busy_timeout, readers, begin=None)
         self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="sessionlog-sqlite-write")
         self._read_threads = ThreadPoolExecutor(readers, thread_name_prefix="sessionlog-sqlite")
-        # Polled on the event loop's thread: a WAL read of the last rowid takes
-        # microseconds, less than a hop to another thread would.
+        # The tails' connection, read on the event loop's thread (see _tail_rows).
         self._poller: sqlite3.Connection | None = None
         self._read_sql = self._rows_after_sql("?", "?")
         columns = [column.name for column in self._schema.events.columns]
@@ -162,6 +163,10 @@ class SQLiteEventLog(SQLEventLog):
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        if self._watch:
+            # The file changes of this commit are this process's own: its tails read
+            # them anyway, woken by the commit, and would otherwise poll for a moment.
+            self._watch.discard()
         if checkpoint:
             try:
                 conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
@@ -206,24 +211,27 @@ class SQLiteEventLog(SQLEventLog):
         with self._reader.connect() as conn:
             return conn.execute(self._snapshot_query(name)).scalar()
 
-    async def _wait(self, after: int, generation: int) -> None:
+    async def _tail_rows(self, after: int, limit: int) -> list[LogRow]:
+        # On the event loop's thread, on a connection of its own: a WAL read of the
+        # newest rows takes microseconds, less than a hop to another thread would.
         if self._watch is None:
             self._watch = _FileWatch.start(self._path, self._on_file_change)
-        query = f"SELECT max(position) FROM {self._schema.events.name}"
         loop = asyncio.get_running_loop()
-        while generation == self._wakeup.generation:
+        while not self._closed:
+            generation = self._wakeup.generation
+            self.stats.queries += 1
             with self._translate_errors():
                 if self._poller is None:
                     self._poller = sqlite3.connect(self._path, isolation_level=None)
-                self.stats.queries += 1
-                (head,) = self._poller.execute(query).fetchone()
-            if (head or 0) > after:
-                return
+                rows = self._poller.execute(self._read_sql, (after, limit)).fetchall()
+            if rows:
+                return [LogRow(*row) for row in rows]
             # Polling every few ms costs CPU even when idle, so with a file watch we poll
-            # only just after the file changed (the commit becomes visible a moment
-            # after its last write), and otherwise wait for the next change.
+            # only just after another process changed the files (its commit becomes
+            # visible a moment after its last write), and otherwise wait for a change.
             busy = self._watch is False or loop.time() - self._changed_at < WATCH_BURST
             await self._wakeup.wait(generation, self._poll_interval if busy else WATCH_FALLBACK)
+        raise LogUnavailable(f"{self.url} is closed")
 
     def _on_file_change(self) -> None:
         self._changed_at = asyncio.get_running_loop().time()
@@ -306,6 +314,13 @@ class _FileWatch:
     def _readable(self) -> None:
         if any(event.name in self._names for event in self._inotify.read(timeout=0)):
             self._callback()
+
+    def discard(self) -> None:
+        """Forget the changes seen so far. Safe right after a commit of this process,
+        before its tails read: any other process's commit finished by then is read
+        with it, and one still being written changes the files again."""
+        with contextlib.suppress(OSError, ValueError):
+            self._inotify.read(timeout=0)
 
     def stop(self) -> None:
         with contextlib.suppress(RuntimeError, ValueError):

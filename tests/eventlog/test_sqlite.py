@@ -77,3 +77,27 @@ async def test_the_wal_is_checkpointed_by_the_writer_thread(
     # Each checkpoint lets the WAL start over: it holds what came after the last one.
     written = 400 if checkpoint_rows > 400 else checkpoint_rows
     assert written <= frames <= 4 * written
+
+
+async def test_a_tail_is_not_set_polling_by_its_own_process_commits(tmp_path: Path) -> None:
+    """A tail polls for a moment after another process changed the files (its commit
+    is visible shortly after its last write); this process's own commits wake its
+    tails directly, and their file changes are not taken for another's."""
+    path = tmp_path / "log.db"
+    log = await open_log(f"sqlite:///{path}")
+    assert isinstance(log, SQLiteEventLog)
+    try:
+        pages = log.tail_pages()
+        for _ in range(20):
+            await log.append([WorkerHeartbeat()], worker="w")
+            await anext(pages)
+            await asyncio.sleep(0)  # a pending file-change callback runs now
+        assert log._changed_at == 0.0
+        # Another process's commit (here: another connection) does set it polling.
+        with sqlite3.connect(path) as other:
+            other.execute(f"UPDATE {log._schema.events.name} SET worker = 'x' WHERE position = 1")
+        async with asyncio.timeout(30):
+            while log._changed_at == 0.0:
+                await asyncio.sleep(0)
+    finally:
+        await log.close()
