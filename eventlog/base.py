@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import msgspec
 
-from .codec import Record, decode_event, encode_event
+from .codec import Record, decode_records, encode_event
 from .errors import CodecError, EventLogError, LogUnavailable
 from .events import Event, OwnerClaimed, OwnerReleased, Role
 
@@ -53,8 +53,11 @@ class StoredEvent(msgspec.Struct, array_like=True, gc=False):
     data: bytes
 
 
-class LogRow(msgspec.Struct, array_like=True, gc=False):
-    """A record as storage returns it, before decoding."""
+class LogRow(NamedTuple):
+    """A record as storage returns it, before decoding. A backend may return its
+    driver's plain tuples of this shape instead (rows are only read by index or
+    unpacked), which spares building an object per row on a replay. Tuples of
+    untracked values leave the garbage collector's tracking at its first pass."""
 
     position: int
     at: float
@@ -191,7 +194,7 @@ class EventLog(ABC):
         looked at, decodable or not (``after`` when there was none). Continue from it."""
         self.stats.queries += 1
         rows = await self._read_rows(after, limit)
-        return self._decode(rows), (rows[-1].position if rows else after)
+        return self._decode(rows), (rows[-1][0] if rows else after)
 
     async def tail(self, after: int = 0, *, limit: int = 1000) -> AsyncIterator[Record]:
         """Yield every record after ``after``, in order, then wait for new ones, until
@@ -225,7 +228,7 @@ class EventLog(ABC):
                 delay = min(delay * 2, TAIL_RETRY_MAX)
                 continue
             delay = 0.01
-            position = rows[-1].position
+            position = rows[-1][0]
             yield self._decode(rows), position
 
     async def head(self) -> int:
@@ -334,16 +337,7 @@ class EventLog(ABC):
     # -- shared machinery --------------------------------------------------------
 
     def _decode(self, rows: list[LogRow]) -> list[Record]:
-        records: list[Record] = []
-        append, decode = records.append, decode_event
-        for row in rows:
-            try:
-                event = decode(row.data)
-            except CodecError as exc:
-                self._skip(row.position, exc)
-                continue
-            append(Record(position=row.position, at=row.at, worker=row.worker, event=event))
-        return records
+        return decode_records(rows, self._skip)
 
     def _skip(self, position: int, exc: CodecError) -> None:
         if position in self._undecodable:

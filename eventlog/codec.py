@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import msgspec
 
 from .errors import CodecError
 from .events import Event
 
-__all__ = ["Record", "decode_event", "encode_event"]
+__all__ = ["Record", "decode_event", "decode_records", "encode_event"]
 
 
 class Record(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -36,3 +38,24 @@ def decode_event(data: bytes) -> Event:
         return _decoder.decode(data)
     except msgspec.DecodeError as exc:
         raise CodecError(str(exc)) from exc
+
+
+def decode_records(
+    rows: Iterable[tuple[int, float, str, bytes]], skip: Callable[[int, CodecError], None]
+) -> list[Record]:
+    """Records from rows of (position, at, worker, data), in their order; a row whose
+    data cannot be decoded is left out and passed to ``skip`` with the error.
+
+    The loop a replay spends its decoding in: the decoder is called directly, not
+    through :func:`decode_event`.
+    """
+    records: list[Record] = []
+    append, decode = records.append, _decoder.decode
+    for position, at, worker, data in rows:
+        try:
+            event = decode(data)
+        except msgspec.DecodeError as exc:
+            skip(position, CodecError(str(exc)))
+            continue
+        append(Record(position=position, at=at, worker=worker, event=event))
+    return records

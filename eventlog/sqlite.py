@@ -188,7 +188,7 @@ class SQLiteEventLog(SQLEventLog):
     def _read_now(self, after: int, limit: int) -> list[LogRow]:
         with self._reader.connect() as conn:
             cursor = conn.connection.driver_connection.execute(self._read_sql, (after, limit))
-            return [LogRow(*row) for row in cursor.fetchall()]
+            return cursor.fetchall()  # the driver's tuples, in LogRow's shape
 
     async def _head(self) -> int:
         return await self._in_thread(self._read_threads, self._head_now)

@@ -117,9 +117,7 @@ async def catch_up(log: EventLog, projection: RegistryProjection, until: int | N
     Returns the number of records newly applied.
     """
     applied = 0
-    apply = projection.apply
     async for page, reached in pages(log, projection.position, until):
-        for record in page:
-            applied += apply(record)
+        applied += projection.apply_all(page)
         projection.advance(reached)
     return applied

@@ -46,6 +46,13 @@ __all__ = [
 # Limits
 SERVER_HISTORY = 100  # server messages kept per open session, for resuming streams
 
+# Records whose only effect (besides the position and the worker's last_seen) is on
+# their session's SessionState. A SessionClosed of that session later on drops that
+# state: the one it was, or whichever a SessionOpened in between replaced it with.
+_DROPPED_AT_CLOSE = frozenset(
+    {ClientMessage, ServerMessage, MessageHandled, CapabilitiesRecorded, UpstreamSessionOpened}
+)
+
 
 class PendingMessage(msgspec.Struct, array_like=True, gc=False):
     """A client message appended but not yet handled."""
@@ -174,9 +181,54 @@ class RegistryProjection:
         be decoded, which never reach :meth:`apply`)."""
         self.state.position = max(self.state.position, position)
 
-    def apply_all(self, records: Iterable[Record]) -> None:
+    def apply_all(self, records: Iterable[Record]) -> int:
+        """Fold records given in log order (a page as read); return how many were
+        newly folded. The state after it equals :meth:`apply` of each in turn.
+
+        Without a listener nothing sees the state between two records, so a session
+        closed later in the same batch gets none of the work its earlier records
+        would have done to it: closing drops all of it (see ``_DROPPED_AT_CLOSE``).
+        """
+        if self.listener is not None:
+            return sum(map(self.apply, records))
+        records = records if isinstance(records, list) else list(records)
+        state = self.state
+        # Where each session is last closed among the records that will be folded.
+        closes: dict[str, int] = {}
+        top = state.position
         for record in records:
-            self.apply(record)
+            if record.position > top:
+                top = record.position
+                if type(record.event) is SessionClosed:
+                    closes[record.event.session_id] = top
+        workers = state.workers
+        handlers = self._handlers
+        position = state.position
+        applied = 0
+        name: str | None = None
+        worker: WorkerState | None = None
+        try:
+            for record in records:
+                if record.position <= position:
+                    continue
+                position = record.position
+                applied += 1
+                if record.worker != name:
+                    name = record.worker
+                    worker = workers.get(name)
+                    if worker is None:
+                        worker = workers[name] = WorkerState(worker=name)
+                worker.last_seen = record.at  # type: ignore[union-attr]
+                event = record.event
+                kind = type(event)
+                if kind in _DROPPED_AT_CLOSE and closes:
+                    closed_at = closes.get(event.session_id)
+                    if closed_at is not None and record.position < closed_at:
+                        continue
+                handlers[kind](record, event)
+        finally:
+            state.position = position
+        return applied
 
     # -- queries -----------------------------------------------------------------
 
@@ -237,18 +289,23 @@ class RegistryProjection:
             session.stream_ended_position = record.position
 
     def _client_message(self, record: Record, event: ClientMessage) -> None:
-        if session := self._touch(record, event.session_id):
+        session = self.state.sessions.get(event.session_id)
+        if session is not None:  # _touch, inlined: the hottest handlers
+            session.last_activity = record.at
             session.pending[event.id] = PendingMessage(
                 event.id, record.position, record.at, event.payload, event.answered_by
             )
 
     def _server_message(self, record: Record, event: ServerMessage) -> None:
-        if session := self._touch(record, event.session_id):
-            session.sent.append(SentMessage(record.position, event.payload, event.reply_to))
+        session = self.state.sessions.get(event.session_id)
+        if session is not None:
+            session.last_activity = record.at
+            sent = session.sent
+            sent.append(SentMessage(record.position, event.payload, event.reply_to))
             if event.upstream_event_id is not None:
                 session.upstream_event_id = event.upstream_event_id
-            if len(session.sent) > SERVER_HISTORY:
-                del session.sent[0]
+            if len(sent) > SERVER_HISTORY:
+                del sent[0]
 
     def _message_handled(self, record: Record, event: MessageHandled) -> None:
         # Giving up on a message is bookkeeping, not activity: it must not keep an

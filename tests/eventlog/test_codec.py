@@ -110,3 +110,24 @@ def test_an_older_reader_ignores_fields_added_later() -> None:
         {"type": "WorkerHeartbeat", "id": "h1", "load": 0.5, "sessions": 12}
     )
     assert decode_event(newer) == WorkerHeartbeat(id="h1")
+
+
+def test_decode_records_keeps_order_and_hands_undecodable_rows_to_skip() -> None:
+    from eventlog.codec import Record, decode_records
+
+    opened = SessionOpened(session_id="s1", transport="sse")
+    closed = SessionClosed(session_id="s1", reason="client")
+    future = msgspec.msgpack.encode({"type": "FromTheFuture", "id": "f"})
+    rows = [
+        (1, 10.0, "w1", encode_event(opened)),
+        (2, 11.0, "w2", future),
+        (3, 12.0, "w1", encode_event(closed)),
+    ]
+    skipped: list[tuple[int, CodecError]] = []
+    records = decode_records(rows, lambda position, exc: skipped.append((position, exc)))
+    assert records == [
+        Record(position=1, at=10.0, worker="w1", event=opened),
+        Record(position=3, at=12.0, worker="w1", event=closed),
+    ]
+    assert [position for position, _ in skipped] == [2]
+    assert isinstance(skipped[0][1], CodecError)
