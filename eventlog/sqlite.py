@@ -225,7 +225,7 @@ class SQLiteEventLog(SQLEventLog):
                     self._poller = sqlite3.connect(self._path, isolation_level=None)
                 rows = self._poller.execute(self._read_sql, (after, limit)).fetchall()
             if rows:
-                return [LogRow(*row) for row in rows]
+                return rows  # the driver's tuples, in LogRow's shape
             # Polling every few ms costs CPU even when idle, so with a file watch we poll
             # only just after another process changed the files (its commit becomes
             # visible a moment after its last write), and otherwise wait for a change.
