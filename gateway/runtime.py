@@ -95,8 +95,10 @@ class WorkerRuntime:
         them with an injected clock instead of waiting).
         """
         self.projection = await load_latest(self.log)
-        self.projection.listener = self._react
+        # Observers hear from the tail on: nothing held here has a past to react to,
+        # and without a listener a page is folded at once.
         await catch_up(self.log, self.projection)
+        self.projection.listener = self._react
         self._snapshot_mark = self.projection.position // self.settings.snapshot_every
         started = WorkerStarted(host=socket.gethostname(), pid=os.getpid())
         await self.log.append([started], worker=self.worker_id)
