@@ -268,7 +268,11 @@ class PostgresEventLog(EventLog):
 
     async def _stop_listening(self) -> None:
         conn, self._listener = self._listener, None
-        if conn is not None:
+        if conn is None:
+            return
+        try:  # politely, so the server does not log a lost client
+            await conn.close(timeout=CLOSE_TIMEOUT)
+        except (Exception, TimeoutError):
             conn.terminate()
 
     async def _close(self) -> None:
