@@ -1,29 +1,75 @@
-"""PostgresEventLog: PostgreSQL through SQLAlchemy 2 async with asyncpg.
+"""PostgresEventLog: PostgreSQL through a raw asyncpg pool.
 
-Appends hold a transaction-level advisory lock (as proven event stores do), so
-concurrent transactions cannot commit positions out of order. Each commit sends
-``NOTIFY`` with it; a tail ``LISTEN``s on one connection per log object.
+A group commit is one round trip: one call of a PL/pgSQL function, which the log
+creates in its namespace when it opens. A statement outside an explicit
+transaction is its own transaction, and in it the function takes a
+transaction-level advisory lock (as proven event stores do, so concurrent
+transactions cannot commit positions out of order), finds the event ids already
+stored, compares and sets owners, inserts the new rows at ``head + 1 ...`` and
+sends ``NOTIFY``. A tail ``LISTEN``s on one connection per log object.
+SQLAlchemy only parses the URL and writes the tables' DDL.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 import zlib
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
 
-from sqlalchemy import Connection, func, select, text
+import asyncpg
+from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+from sqlalchemy.schema import CreateTable
 
-from .base import LogRow, Operation
-from .sql import EventRow, SQLEventLog
+from ._sql_schema import SQLSchema
+from ._urls import check_namespace, redact
+from .base import Append, Claim, EventLog, LogRow, Operation
+from .errors import EventLogError, LogUnavailable
 
 __all__ = ["PostgresEventLog"]
 
+T = TypeVar("T")
 
-class PostgresEventLog(SQLEventLog):
+# Operation kinds, as the commit function takes them.
+_APPEND, _CLAIM, _RELEASE = 0, 1, 2
+# Errors that say the connection itself is gone (a server restart, a dropped link),
+# besides the connection reporting itself closed.
+_CONNECTION_LOST = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.InterfaceError,
+    OSError,
+)
+# Errors about the request rather than the server's health: retrying will not help.
+_REFUSED = (
+    asyncpg.IntegrityConstraintViolationError,
+    asyncpg.SyntaxOrAccessError,
+    asyncpg.DataError,
+)
+CLOSE_TIMEOUT = 5.0  # seconds to wait for connections in use when closing
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset on release: nothing. The log never changes session state
+    (its locks are transaction-level, its LISTEN has a connection of its own), and
+    asyncpg's default reset would cost a round trip per call."""
+
+
+def _lost(conn: asyncpg.Connection, exc: Exception) -> bool:
+    """Whether ``exc`` means the connection is gone, not just this call."""
+    if isinstance(exc, _CONNECTION_LOST):
+        return True
+    try:
+        return conn.is_closed()
+    except asyncpg.InterfaceError:  # the pool took back a connection that closed
+        return True
+
+
+class PostgresEventLog(EventLog):
     def __init__(
         self,
         url: str,
@@ -36,102 +82,170 @@ class PostgresEventLog(SQLEventLog):
         # Limits
         pool_size: int = 5,
     ) -> None:
-        super().__init__(url, namespace=namespace, clock=clock)
+        super().__init__(url=redact(url), clock=clock)
+        self._schema = schema = SQLSchema(check_namespace(namespace))
         # A waiting tail reads again this often even without a notification: a safety net.
         self._notify_fallback = notify_fallback
-        self._channel = f"{namespace}_events"
+        dialect = PGDialect_asyncpg()
+        # asyncpg.connect's arguments, read from the URL as SQLAlchemy reads them.
+        self._connect_args: dict[str, Any] = {
+            **dialect.create_connect_args(make_url(url).set(drivername="postgresql+asyncpg"))[1],
+            "timeout": connect_timeout,
+        }
+        self._pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._listener: asyncpg.Connection | None = None
+        quote = dialect.identifier_preparer
+        events, owners, snapshots = (
+            quote.format_table(table) for table in (schema.events, schema.owners, schema.snapshots)
+        )
+        channel = f"{namespace}_events"
         # The same key in every process that uses this namespace.
         lock_key = zlib.crc32(namespace.encode()) & 0x7FFFFFFF
-        self._lock = text("SELECT pg_advisory_xact_lock(:key)").bindparams(key=lock_key)
-        self._notify = select(func.pg_notify(self._channel, ""))
-        self._engine = create_async_engine(
-            make_url(url).set(drivername="postgresql+asyncpg"),
-            pool_size=pool_size,
-            # A round trip per checkout, but a server restart costs no failed call.
-            pool_pre_ping=True,
-            # One INSERT text for every batch size, sent through asyncpg's pipelined
-            # executemany: multi-row VALUES would prepare a new statement per size.
-            use_insertmanyvalues=False,
-            connect_args={"timeout": connect_timeout},
+        # Versioned: a changed signature gets a new name rather than failing to replace.
+        function = quote.quote(f"{namespace}_commit_v1")
+        self._channel = channel
+        self._open_sql = ";\n".join(
+            [
+                # One simple query is one transaction: the lock is held to the end, so
+                # processes opening the log at once do not race to create it.
+                f"SELECT pg_advisory_xact_lock({lock_key})",
+                *(
+                    str(CreateTable(table, if_not_exists=True).compile(dialect=dialect))
+                    for table in schema.metadata.sorted_tables
+                ),
+                _commit_function(function, events, owners, channel, lock_key),
+            ]
         )
-        self._listen_conn: AsyncConnection | None = None
-        self._listen_driver: Any = None
-        self._read_sql = self._rows_after_sql("$1", "$2")
-        self._columns = [column.name for column in self._schema.events.columns]
-
-    @staticmethod
-    def _placeholder(number: int) -> str:
-        return f"${number}"
-
-    @property
-    def _known_ids_sql(self) -> str:
-        table = self._schema.events.name
-        # A join with unnest, not "= ANY($1)": once asyncpg's prepared statement goes
-        # to a generic plan, ANY over a long array can fall back to a sequential scan.
-        return (
-            f"SELECT e.event_id, e.position FROM unnest($1::varchar[]) AS ids(id) "
-            f"JOIN {table} AS e ON e.event_id = ids.id"
+        self._commit_sql = (
+            f"SELECT positions, owners FROM {function}($1, $2, $3, $4, $5, $6, $7, $8, $9)"
         )
+        self._read_sql = (
+            f"SELECT position, at, worker, data FROM {events} "
+            "WHERE position > $1 ORDER BY position LIMIT $2"
+        )
+        self._head_sql = f"SELECT coalesce(max(position), 0) FROM {events}"
+        self._save_snapshot_sql = (
+            f"INSERT INTO {snapshots} AS s (name, position, data) VALUES ($1, $2, $3) "
+            "ON CONFLICT (name) DO UPDATE SET position = excluded.position, data = excluded.data "
+            "WHERE s.position < excluded.position"
+        )
+        self._load_snapshot_sql = f"SELECT data FROM {snapshots} WHERE name = $1"
 
-    def _ids_parameter(self, ids: list[str]) -> object:
-        return ids
+    @contextlib.contextmanager
+    def _translate_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except _REFUSED as exc:
+            raise EventLogError(f"{self.url}: {exc}") from exc
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            raise LogUnavailable(f"{self.url} is unavailable: {exc}") from exc
+
+    async def _run(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """``work`` on a pooled connection, its errors translated.
+
+        The pool does not ping a connection before lending it (a round trip per
+        call): asyncpg drops connections it has seen close, and one that turns out
+        dead in use (the server restarted while it sat idle) costs a second try on
+        a new connection, not a failed call. Everything sent here may be sent twice:
+        reads are reads, and the commit function answers a repeated commit as it
+        answered the first.
+        """
+        pool = self._pool
+        if pool is None:  # closed: a tail that reads now ends quietly
+            raise LogUnavailable(f"{self.url} is closed")
+        for retry in (True, False):
+            with self._translate_errors():
+                conn = await pool.acquire()
+                try:
+                    return await work(conn)
+                except Exception as exc:
+                    if not (retry and _lost(conn, exc)):
+                        raise
+                    # The server went away: every connection of the pool is stale.
+                    await pool.expire_connections()
+                finally:
+                    await pool.release(conn)
+        raise AssertionError("unreachable")
 
     async def _open(self) -> None:
         with self._translate_errors():
-            async with self._engine.begin() as conn:
-                # Locked, so processes opening the log at once do not race to create it.
-                await conn.execute(self._lock)
-                await conn.run_sync(self._schema.metadata.create_all)
+            self._pool = await asyncpg.create_pool(
+                min_size=0,
+                max_size=self._pool_size,
+                # Kept open while idle, as a SQLAlchemy pool keeps them.
+                max_inactive_connection_lifetime=0,
+                reset=_keep_session,
+                **self._connect_args,
+            )
+        await self._run(lambda conn: conn.execute(self._open_sql))
 
     async def _commit(self, operations: list[Operation]) -> list[object]:
-        with self._translate_errors():
-            async with self._engine.begin() as conn:
-                await conn.execute(self._lock)
-                results, rows = await conn.run_sync(self._apply_on, operations)
-                if rows:
-                    # Binary COPY on the same connection, inside the same transaction:
-                    # a third cheaper than executemany for a group commit's rows.
-                    driver = (await conn.get_raw_connection()).driver_connection
-                    await driver.copy_records_to_table(
-                        self._schema.events.name, records=rows, columns=self._columns
-                    )
-                    await conn.execute(self._notify)  # delivered when the transaction commits
+        kinds: list[int] = []
+        keys: list[str | None] = []
+        expected: list[str | None] = []
+        counts: list[int] = []
+        ids: list[str] = []
+        sessions: list[str | None] = []
+        workers: list[str] = []
+        data: list[bytes] = []
+        for operation in operations:
+            if isinstance(operation, Append):
+                kinds.append(_APPEND)
+                keys.append(None)
+                expected.append(None)
+                counts.append(len(operation.events))
+                worker = operation.worker
+                for event in operation.events:
+                    ids.append(event.event_id)
+                    sessions.append(event.session_id)
+                    workers.append(worker)
+                    data.append(event.data)
+                continue
+            if isinstance(operation, Claim):
+                kinds.append(_CLAIM)
+                expected.append(operation.expected)
+            else:
+                kinds.append(_RELEASE)
+                expected.append(None)
+            keys.append(operation.key)
+            counts.append(1)
+            event = operation.event
+            ids.append(event.event_id)
+            sessions.append(event.session_id)
+            workers.append(operation.worker)
+            data.append(event.data)
+        args = (kinds, keys, expected, counts, ids, sessions, workers, data, self.clock())
+        positions, owners = await self._run(lambda conn: conn.fetchrow(self._commit_sql, *args))
+        results: list[object] = []
+        first = 0
+        for operation, owner, count in zip(operations, owners, counts, strict=True):
+            if isinstance(operation, Append):
+                results.append(positions[first : first + count])
+            elif isinstance(operation, Claim):
+                results.append(owner)
+            else:
+                results.append(owner == operation.worker)
+            first += count
         return results
 
-    def _apply_on(
-        self, conn: Connection, operations: list[Operation]
-    ) -> tuple[list[object], list[EventRow]]:
-        def execute(sql: str, params: tuple[object, ...]) -> Any:
-            result = conn.exec_driver_sql(sql, params)
-            return result.all() if result.returns_rows else []
-
-        return self._apply(execute, operations)
-
     async def _read_rows(self, after: int, limit: int) -> list[LogRow]:
-        with self._translate_errors():
-            async with self._engine.connect() as conn:
-                driver = (await conn.get_raw_connection()).driver_connection
-                return [LogRow(*row) for row in await driver.fetch(self._read_sql, after, limit)]
+        rows = await self._run(lambda conn: conn.fetch(self._read_sql, after, limit))
+        return [LogRow(*row) for row in rows]
 
     async def _head(self) -> int:
-        with self._translate_errors():
-            async with self._engine.connect() as conn:
-                driver = (await conn.get_raw_connection()).driver_connection
-                return await driver.fetchval(self._head_sql)
+        return await self._run(lambda conn: conn.fetchval(self._head_sql))  # type: ignore[no-any-return]
 
     async def _save_snapshot(self, name: str, position: int, data: bytes) -> None:
-        with self._translate_errors():
-            async with self._engine.begin() as conn:
-                await conn.execute(self._lock)
-                await conn.run_sync(self._store_snapshot, name, position, data)
+        await self._run(lambda conn: conn.execute(self._save_snapshot_sql, name, position, data))
 
     async def _load_snapshot(self, name: str) -> bytes | None:
-        with self._translate_errors():
-            async with self._engine.connect() as conn:
-                return (await conn.execute(self._snapshot_query(name))).scalar()
+        return await self._run(lambda conn: conn.fetchval(self._load_snapshot_sql, name))  # type: ignore[no-any-return]
 
     async def _wait(self, after: int, generation: int) -> None:
-        if self._listen_driver is None or self._listen_driver.is_closed():
+        if self._closed:
+            return  # not another LISTEN connection: the tail reads, fails and ends
+        if self._listener is None or self._listener.is_closed():
             await self._start_listening()
             return  # commits before LISTEN took effect were not notified: read again
         await self._wakeup.wait(generation, self._notify_fallback)
@@ -139,31 +253,119 @@ class PostgresEventLog(SQLEventLog):
     async def _start_listening(self) -> None:
         await self._stop_listening()
         with self._translate_errors():
-            conn = await self._engine.connect()
+            conn = await asyncpg.connect(**self._connect_args)
             try:
-                raw = await conn.get_raw_connection()
-                driver = raw.driver_connection
-                assert driver is not None
-                await driver.add_listener(self._channel, self._on_notify)
+                await conn.add_listener(self._channel, self._on_notify)
                 # A dropped connection wakes the tail too, so it notices and reconnects.
-                driver.add_termination_listener(self._on_notify)
+                conn.add_termination_listener(self._on_notify)
             except BaseException:
-                await conn.invalidate()
+                conn.terminate()
                 raise
-            self._listen_conn, self._listen_driver = conn, driver
+            self._listener = conn
 
     def _on_notify(self, *_args: object) -> None:
         self._wakeup.notify()
 
     async def _stop_listening(self) -> None:
-        conn, self._listen_conn, self._listen_driver = self._listen_conn, None, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.invalidate()
-            with contextlib.suppress(Exception):
-                await conn.close()
+        conn, self._listener = self._listener, None
+        if conn is None:
+            return
+        try:  # politely, so the server does not log a lost client
+            await conn.close(timeout=CLOSE_TIMEOUT)
+        except (Exception, TimeoutError):
+            conn.terminate()
 
     async def _close(self) -> None:
         self._wakeup.notify()
         await self._stop_listening()
-        await self._engine.dispose()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await pool.close()
+            except (Exception, TimeoutError):
+                pool.terminate()
+
+
+def _commit_function(name: str, events: str, owners: str, channel: str, lock_key: int) -> str:
+    """CREATE OR REPLACE the function that applies one group commit.
+
+    It takes the operations as parallel arrays: per operation its kind (append,
+    claim, release), owners key, expected owner (claims) and number of events; per
+    event its id, session id, worker and data; and the time. It returns per event
+    its position (null for the event of a claim or release that did not happen) and
+    per operation the owner: after the call for a claim, before it for a release.
+    An event whose id is already stored keeps its position; so a claim or release
+    whose event is stored already was this very commit, sent again after its
+    connection broke, and is answered as it was then.
+    """
+    return f"""CREATE OR REPLACE FUNCTION {name}(
+    _kinds int2[], _keys text[], _expected text[], _counts int4[],
+    _ids text[], _sessions text[], _workers text[], _data bytea[], _at float8,
+    OUT positions int8[], OUT owners text[]
+) LANGUAGE plpgsql AS $body$
+DECLARE
+    _keep bool[] := array_fill(true, ARRAY[cardinality(_ids)]);
+    _known int8[];
+    _head int8;
+    _first int := 1;
+    _current text;
+    _added int8;
+BEGIN
+    PERFORM pg_advisory_xact_lock({lock_key});
+    SELECT coalesce(array_agg(e.position ORDER BY t.i), '{{}}') INTO _known
+    FROM unnest(_ids) WITH ORDINALITY AS t(id, i)
+    LEFT JOIN {events} AS e ON e.event_id = t.id;
+    owners := array_fill(NULL::text, ARRAY[cardinality(_kinds)]);
+    FOR _k IN 1 .. cardinality(_kinds) LOOP
+        IF _kinds[_k] <> {_APPEND} THEN
+            IF _known[_first] IS NOT NULL THEN  -- it happened then: the worker was the owner
+                owners[_k] := _workers[_first];
+            ELSIF _kinds[_k] = {_CLAIM} THEN
+                SELECT o.owner INTO _current FROM {owners} AS o WHERE o.session_id = _keys[_k];
+                IF _current IS NOT DISTINCT FROM _expected[_k] THEN
+                    INSERT INTO {owners} AS o (session_id, owner)
+                    VALUES (_keys[_k], _workers[_first])
+                    ON CONFLICT (session_id) DO UPDATE SET owner = excluded.owner;
+                    _current := _workers[_first];
+                ELSE
+                    _keep[_first] := false;
+                END IF;
+                owners[_k] := _current;
+            ELSE
+                SELECT o.owner INTO _current FROM {owners} AS o WHERE o.session_id = _keys[_k];
+                IF _current = _workers[_first] THEN
+                    DELETE FROM {owners} AS o WHERE o.session_id = _keys[_k];
+                ELSE
+                    _keep[_first] := false;
+                END IF;
+                owners[_k] := _current;
+            END IF;
+        END IF;
+        _first := _first + _counts[_k];
+    END LOOP;
+    SELECT coalesce(max(e.position), 0) INTO _head FROM {events} AS e;
+    WITH batch AS (
+        SELECT * FROM unnest(_ids, _sessions, _workers, _data, _keep, _known)
+            WITH ORDINALITY AS t(id, session_id, worker, data, keep, known, i)
+    ), fresh AS (
+        SELECT DISTINCT ON (b.id) b.id, b.session_id, b.worker, b.data, b.i
+        FROM batch AS b WHERE b.keep AND b.known IS NULL ORDER BY b.id, b.i
+    ), numbered AS (
+        SELECT f.*, _head + row_number() OVER (ORDER BY f.i) AS position FROM fresh AS f
+    ), inserted AS (
+        INSERT INTO {events} (position, event_id, session_id, at, worker, data)
+        SELECT n.position, n.id, n.session_id, _at, n.worker, n.data
+        FROM numbered AS n ORDER BY n.position
+        RETURNING event_id, position
+    )
+    SELECT coalesce(array_agg(coalesce(b.known, CASE WHEN b.keep THEN n.position END)
+                              ORDER BY b.i), '{{}}'),
+           count(n.position)
+    INTO positions, _added
+    FROM batch AS b LEFT JOIN inserted AS n ON n.event_id = b.id;
+    IF _added > 0 THEN
+        PERFORM pg_notify('{channel}', '');
+    END IF;
+END
+$body$"""

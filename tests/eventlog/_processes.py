@@ -74,3 +74,17 @@ def tail_all(url: str, count: int, results: Any) -> None:
             await log.close()
 
     asyncio.run(run())
+
+
+def open_and_append(url: str, worker: str, barrier: Any, results: Any) -> None:
+    """Open the log (creating its storage if need be) at the barrier, then append once."""
+
+    async def run() -> None:
+        barrier.wait()
+        log = await open_log(url)
+        try:
+            results.put((worker, await log.append([WorkerHeartbeat()], worker=worker)))
+        finally:
+            await log.close()
+
+    asyncio.run(run())

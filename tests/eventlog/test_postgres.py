@@ -2,9 +2,16 @@ from __future__ import annotations
 
 import pytest
 
-from eventlog import EventLog, open_log
+from eventlog import EventLog, OwnerClaimed, OwnerReleased, PostgresEventLog, open_log
+from eventlog.base import Append, Claim, Release, _stored
 from gateway.testing.servers import PostgresServer
-from tests.eventlog.contract import ServerEventLogContract
+from tests.eventlog import _processes
+from tests.eventlog.contract import (
+    SPAWN,
+    ServerEventLogContract,
+    _run_processes,
+    heartbeats,
+)
 
 
 class TestPostgresEventLog(ServerEventLogContract):
@@ -21,14 +28,15 @@ class TestPostgresEventLog(ServerEventLogContract):
         return f"{log_url}&notify_fallback=3600"  # only NOTIFY can wake the tail
 
     async def write_raw(self, log: EventLog, data: bytes) -> None:
-        async with log._engine.begin() as conn:  # type: ignore[attr-defined]
-            events = log._schema.events  # type: ignore[attr-defined]
-            head = (await conn.execute(log._schema.head)).scalar_one()  # type: ignore[attr-defined]
-            await conn.execute(
-                events.insert().values(
-                    position=head + 1, event_id=f"raw{head + 1}", at=0, worker="raw", data=data
-                )
+        events = log._schema.events.name  # type: ignore[attr-defined]
+        await log._run(  # type: ignore[attr-defined]
+            lambda conn: conn.execute(
+                f"INSERT INTO {events} (position, event_id, at, worker, data) "
+                "SELECT head + 1, 'raw' || (head + 1), 0, 'raw', $1 "
+                f"FROM (SELECT coalesce(max(position), 0) AS head FROM {events}) AS h",
+                data,
             )
+        )
 
 
 async def test_password_never_appears_in_errors(namespace: str) -> None:
@@ -40,3 +48,65 @@ async def test_password_never_appears_in_errors(namespace: str) -> None:
         await open_log(url)
     assert "s3cret" not in str(raised.value)
     assert "user:***@127.0.0.1" in str(raised.value)
+
+
+async def test_concurrent_openers_in_8_processes_create_the_log_once(
+    postgres_server: PostgresServer, namespace: str
+) -> None:
+    # Tables and the commit function are created by whichever opener comes first.
+    url = f"{postgres_server.url}?namespace={namespace}"
+    barrier, results = SPAWN.Barrier(8), SPAWN.Queue()
+    processes = [
+        SPAWN.Process(target=_processes.open_and_append, args=(url, f"w{i}", barrier, results))
+        for i in range(8)
+    ]
+    outcomes = await _run_processes(processes, results, 8)
+    assert sorted(position for _, [position] in outcomes) == list(range(1, 9))
+
+
+async def test_a_commit_after_the_server_restarted_works(
+    postgres_server: PostgresServer, namespace: str
+) -> None:
+    # No call fails: the connections in the pool died with the server, unnoticed
+    # until used (the event loop did not run in between), and are replaced.
+    log = await open_log(f"{postgres_server.url}?namespace={namespace}")
+    try:
+        assert await log.append(heartbeats(2), worker="w") == [1, 2]
+        postgres_server.kill()
+        postgres_server.start()
+        assert await log.append(heartbeats(1), worker="w") == [3]
+        postgres_server.kill()
+        postgres_server.start()
+        assert await log.head() == 3
+        assert await log.claim("s", "w") == "w"
+    finally:
+        await log.close()
+
+
+async def test_a_commit_sent_twice_is_answered_as_the_first_time(
+    postgres_server: PostgresServer, namespace: str
+) -> None:
+    # A commit whose connection broke before its answer came is sent again.
+    log = await open_log(f"{postgres_server.url}?namespace={namespace}")
+    assert isinstance(log, PostgresEventLog)
+    try:
+        await log.claim("taken", "other")
+
+        def operations() -> list[Append | Claim | Release]:
+            events = heartbeats(2)
+            return [
+                Append("w", [_stored(events[0]), _stored(events[1]), _stored(events[0])]),
+                Claim("s", "w", None, _stored(OwnerClaimed(session_id="s", owner="w"))),
+                Claim("taken", "w", None, _stored(OwnerClaimed(session_id="taken", owner="w"))),
+                Release("s", "w", _stored(OwnerReleased(session_id="s", owner="w"))),
+                Release("taken", "w", _stored(OwnerReleased(session_id="taken", owner="w"))),
+            ]
+
+        batch = operations()
+        first = await log._commit(batch)
+        assert first == [[2, 3, 2], "w", "other", True, False]
+        assert await log._commit(batch) == first
+        assert await log.head() == 5  # the heartbeats, the claim and the release
+        assert await log.claim("s", "x") == "x"  # released for good
+    finally:
+        await log.close()
