@@ -30,7 +30,6 @@ from .factory import open_log
 from .memory import MemoryEventLog
 from .postgres import PostgresEventLog
 from .redis_streams import RedisEventLog
-from .sql import SQLEventLog
 from .sqlite import SQLiteEventLog
 
 __all__ = [
@@ -53,7 +52,6 @@ __all__ = [
     "Record",
     "RedisEventLog",
     "Role",
-    "SQLEventLog",
     "SQLiteEventLog",
     "ServerMessage",
     "SessionClosed",

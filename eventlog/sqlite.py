@@ -1,5 +1,10 @@
 """SQLiteEventLog: the embedded default, one file in WAL mode.
 
+Appends are serialized by ``BEGIN IMMEDIATE`` and positions are assigned under that
+lock as ``head + 1 ...``, so positions are gapless and a transaction with a higher
+position can never commit before one with a lower position: a reader never skips a
+row that commits late.
+
 Commits run on the driver on the event loop's thread when the write lock is free
 (a WAL commit takes tens of microseconds, a hop to a thread several times that), in
 one writer thread when they must wait for the lock or the disk. SQLite has no
@@ -16,18 +21,20 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, TypeVar
 
 import orjson
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, insert, select
 from sqlalchemy import event as sa_event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
-from .base import LogRow, Operation
+from ._sql_schema import SQLSchema
+from ._urls import check_namespace, redact
+from .base import Append, Claim, EventLog, LogRow, Operation, Release, StoredEvent
 from .errors import EventLogError, LogUnavailable
-from .sql import SQLEventLog
 
 __all__ = ["SQLiteEventLog"]
 
@@ -40,8 +47,11 @@ WATCH_BURST = 0.05  # s of polling at poll_interval after the database files cha
 WATCH_FALLBACK = 0.25  # s between polls with a file watch and no change: a safety net
 T = TypeVar("T")
 
+# An events row as inserted: position, event_id, session_id, at, worker, data.
+EventRow = tuple[int, str, str | None, float, str, bytes]
 
-class SQLiteEventLog(SQLEventLog):
+
+class SQLiteEventLog(EventLog):
     def __init__(
         self,
         url: str,
@@ -57,7 +67,8 @@ class SQLiteEventLog(SQLEventLog):
         readers: int = 2,
         checkpoint_rows: int = 10_000,
     ) -> None:
-        super().__init__(url, namespace=namespace, clock=clock)
+        super().__init__(url=redact(url), clock=clock)
+        self._schema = SQLSchema(check_namespace(namespace))
         if durability not in ("off", "normal", "full"):
             raise EventLogError(f"durability must be off, normal or full, not {durability!r}")
         sa_url = make_url(url).set(drivername="sqlite+pysqlite")
@@ -81,10 +92,26 @@ class SQLiteEventLog(SQLEventLog):
         self._read_threads = ThreadPoolExecutor(readers, thread_name_prefix="sessionlog-sqlite")
         # The tails' connection, read on the event loop's thread (see _tail_rows).
         self._poller: sqlite3.Connection | None = None
-        self._read_sql = self._rows_after_sql("?", "?")
+        # The statements of reads and appends, on the driver: SQLAlchemy's statement
+        # and row machinery would cost more than SQLite's own work.
+        events, owners = self._schema.events.name, self._schema.owners.name
+        self._read_sql = (
+            f"SELECT position, at, worker, data FROM {events} "
+            "WHERE position > ? ORDER BY position LIMIT ?"
+        )
+        self._head_sql = f"SELECT coalesce(max(position), 0) FROM {events}"
+        # One statement and one parameter (a JSON array) for a whole batch's ids.
+        self._known_ids_sql = (
+            f"SELECT event_id, position FROM {events} "
+            "WHERE event_id IN (SELECT value FROM json_each(?))"
+        )
+        self._owner_sql = f"SELECT owner FROM {owners} WHERE session_id = ?"
+        self._add_owner_sql = f"INSERT INTO {owners} (session_id, owner) VALUES (?, ?)"
+        self._set_owner_sql = f"UPDATE {owners} SET owner = ? WHERE session_id = ?"
+        self._drop_owner_sql = f"DELETE FROM {owners} WHERE session_id = ?"
         columns = [column.name for column in self._schema.events.columns]
         self._insert_sql = (
-            f"INSERT INTO {self._schema.events.name} ({', '.join(columns)}) "
+            f"INSERT INTO {events} ({', '.join(columns)}) "
             f"VALUES ({', '.join('?' for _ in columns)})"
         )
         # Change notifications for the database files: None until a tail first waits,
@@ -92,18 +119,21 @@ class SQLiteEventLog(SQLEventLog):
         self._watch: _FileWatch | Literal[False] | None = None
         self._changed_at = 0.0
 
-    @staticmethod
-    def _placeholder(number: int) -> str:
-        return "?"
-
-    @property
-    def _known_ids_sql(self) -> str:
-        table = self._schema.events.name
-        ids = "SELECT value FROM json_each(?)"
-        return f"SELECT event_id, position FROM {table} WHERE event_id IN ({ids})"
-
-    def _ids_parameter(self, ids: list[str]) -> object:
-        return orjson.dumps(ids).decode()
+    @contextlib.contextmanager
+    def _translate_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except (sa_exc.IntegrityError, sa_exc.ProgrammingError, sa_exc.DataError) as exc:
+            raise EventLogError(f"{self.url}: {exc.orig}") from exc
+        except (
+            sa_exc.DBAPIError,
+            sa_exc.TimeoutError,
+            sqlite3.Error,
+            OSError,
+            TimeoutError,
+        ) as exc:
+            reason = getattr(exc, "orig", None) or exc
+            raise LogUnavailable(f"{self.url} is unavailable: {reason}") from exc
 
     async def _in_thread(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
         with self._translate_errors():
@@ -152,9 +182,7 @@ class SQLiteEventLog(SQLEventLog):
                 raise _Busy from exc
             raise
         try:
-            results, rows = self._apply(
-                lambda sql, params: conn.execute(sql, params).fetchall(), operations
-            )
+            results, rows = self._apply(conn, operations)
             if rows:
                 conn.executemany(self._insert_sql, rows)
             conn.execute("COMMIT")
@@ -174,6 +202,65 @@ class SQLiteEventLog(SQLEventLog):
             except sqlite3.Error as exc:  # committed all the same; the next one tries again
                 logger.warning("checkpoint of %s failed: %s", self.url, exc)
         return results
+
+    def _apply(
+        self, conn: sqlite3.Connection, operations: list[Operation]
+    ) -> tuple[list[object], list[EventRow]]:
+        """Apply ``operations`` inside _commit_now's locked transaction, but for the
+        events rows, which it inserts in one ``executemany``.
+
+        Returns one result per operation and the new rows, all columns in table order.
+        """
+        at = self.clock()
+        head = conn.execute(self._head_sql).fetchall()[0][0]
+        positions = self._known_positions(conn, operations)
+        new_rows: list[EventRow] = []
+
+        def store(worker: str, event: StoredEvent) -> int:
+            nonlocal head
+            position = positions.get(event.event_id)
+            if position is None:
+                head += 1
+                position = positions[event.event_id] = head
+                new_rows.append(
+                    (position, event.event_id, event.session_id, at, worker, event.data)
+                )
+            return position
+
+        results: list[object] = []
+        for operation in operations:
+            if isinstance(operation, Append):
+                results.append([store(operation.worker, e) for e in operation.events])
+                continue
+            found = conn.execute(self._owner_sql, (operation.key,)).fetchall()
+            current = found[0][0] if found else None
+            if isinstance(operation, Claim):
+                if current == operation.expected:
+                    if current is None:
+                        conn.execute(self._add_owner_sql, (operation.key, operation.worker))
+                    else:
+                        conn.execute(self._set_owner_sql, (operation.worker, operation.key))
+                    store(operation.worker, operation.event)
+                    current = operation.worker
+                results.append(current)
+            else:
+                assert isinstance(operation, Release)
+                owned = current == operation.worker
+                if owned:
+                    conn.execute(self._drop_owner_sql, (operation.key,))
+                    store(operation.worker, operation.event)
+                results.append(owned)
+        return results, new_rows
+
+    def _known_positions(
+        self, conn: sqlite3.Connection, operations: list[Operation]
+    ) -> dict[str, int]:
+        ids = [
+            e.event_id
+            for operation in operations
+            for e in (operation.events if isinstance(operation, Append) else [operation.event])
+        ]
+        return dict(conn.execute(self._known_ids_sql, (orjson.dumps(ids).decode(),)).fetchall())
 
     def _write_connection(self) -> sqlite3.Connection:
         """The connection appends are committed on, opened on the first."""
@@ -201,15 +288,25 @@ class SQLiteEventLog(SQLEventLog):
         await self._in_thread(self._write_thread, self._save_snapshot_now, name, position, data)
 
     def _save_snapshot_now(self, name: str, position: int, data: bytes) -> None:
+        """Keep the newest snapshot of ``name``: the writer's BEGIN IMMEDIATE holds
+        the write lock from the compare to the write."""
+        snapshots = self._schema.snapshots
+        where = snapshots.c.name == name
         with self._writer.begin() as conn:
-            self._store_snapshot(conn, name, position, data)
+            current = conn.execute(select(snapshots.c.position).where(where)).scalar()
+            if current is None:
+                conn.execute(insert(snapshots).values(name=name, position=position, data=data))
+            elif current < position:
+                conn.execute(snapshots.update().where(where).values(position=position, data=data))
 
     async def _load_snapshot(self, name: str) -> bytes | None:
         return await self._in_thread(self._read_threads, self._load_snapshot_now, name)
 
     def _load_snapshot_now(self, name: str) -> bytes | None:
+        snapshots = self._schema.snapshots
+        query = select(snapshots.c.data).where(snapshots.c.name == name)
         with self._reader.connect() as conn:
-            return conn.execute(self._snapshot_query(name)).scalar()
+            return conn.execute(query).scalar()
 
     async def _tail_rows(self, after: int, limit: int) -> list[LogRow]:
         # On the event loop's thread, on a connection of its own: a WAL read of the
