@@ -93,11 +93,11 @@ async def test_a_tail_is_not_set_polling_by_its_own_process_commits(tmp_path: Pa
             await anext(pages)
             await asyncio.sleep(0)  # a pending file-change callback runs now
         assert log._changed_at == 0.0
-        # Another process's commit (here: another connection) does set it polling.
-        with sqlite3.connect(path) as other:
-            other.execute(f"UPDATE {log._schema.events.name} SET worker = 'x' WHERE position = 1")
-        async with asyncio.timeout(30):
-            while log._changed_at == 0.0:
-                await asyncio.sleep(0)
+        # Another log's commit (as another process's) reaches the tail through the
+        # file watch, and does set it polling.
+        async with await open_log(f"sqlite:///{path}") as other:
+            await other.append([WorkerHeartbeat()], worker="x")
+        records, _ = await asyncio.wait_for(anext(pages), 30)
+        assert records[0].worker == "x" and log._changed_at != 0.0
     finally:
         await log.close()
