@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -87,4 +88,27 @@ def open_and_append(url: str, worker: str, barrier: Any, results: Any) -> None:
         finally:
             await log.close()
 
+    asyncio.run(run())
+
+
+def append_until_killed(url: str, worker: str, acks: str, going: Any) -> None:
+    """Append single events from four tasks until killed. Each acknowledged append is
+    written to the file ``acks`` as a line "<event id> <position>" (one write each,
+    so a kill leaves at most a partial last line); ``going`` is set after 100."""
+
+    async def appender(log: Any, out: int) -> None:
+        while True:
+            event = WorkerHeartbeat()
+            [position] = await log.append([event], worker=worker)
+            os.write(out, f"{event.id} {position}\n".encode())
+            acknowledged[0] += 1
+            if acknowledged[0] == 100:
+                going.set()
+
+    async def run() -> None:
+        log = await open_log(url)
+        out = os.open(acks, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        await asyncio.gather(*(appender(log, out) for _ in range(4)))
+
+    acknowledged = [0]
     asyncio.run(run())
