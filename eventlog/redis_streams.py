@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis import exceptions as redis_exc
+from redis.asyncio.connection import AbstractConnection
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
@@ -120,6 +122,34 @@ def _raw(response: Any, **_options: Any) -> Any:
     return response
 
 
+try:
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # hiredis before 2.1, or none: redis-py packs in Python
+    _hiredis_pack = None
+
+
+@functools.cache
+def _packing_in_c(connection_class: type[AbstractConnection]) -> type[AbstractConnection]:
+    """``connection_class``, packing commands with hiredis (in C) as redis-py's
+    synchronous client does; its asyncio client packs in Python, which for a group
+    commit of thousands of arguments costs more than the rest of the call."""
+    if _hiredis_pack is None:
+        return connection_class
+
+    def pack_command(self: AbstractConnection, *args: Any) -> list[bytes]:
+        # A command name may carry its subcommand ("CLIENT SETINFO"): split, as redis-py does.
+        if isinstance(args[0], str):
+            args = (*args[0].encode().split(), *args[1:])
+        elif b" " in args[0]:
+            args = (*args[0].split(), *args[1:])
+        try:
+            return [_hiredis_pack(args)]
+        except TypeError as exc:  # what redis-py's own encoder raises for such an argument
+            raise redis_exc.DataError(str(exc)) from exc
+
+    return type(connection_class.__name__, (connection_class,), {"pack_command": pack_command})
+
+
 class RedisEventLog(EventLog):
     def __init__(
         self,
@@ -150,6 +180,8 @@ class RedisEventLog(EventLog):
             socket_timeout=block + READ_MARGIN,
             retry=Retry(ExponentialBackoff(cap=0.2, base=0.01), retries=2),
         )
+        pool = self._redis.connection_pool
+        pool.connection_class = _packing_in_c(pool.connection_class)
         self._commit_script = self._redis.register_script(_COMMIT)
         # Entries as the server sends them: redis-py would build a dict per entry, which
         # costs more than the rest of a read. _rows reads the fields by place.

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import pytest
+from redis.asyncio.connection import Connection
+from redis.exceptions import DataError
 
 from eventlog import EventLog, RedisEventLog
+from eventlog.redis_streams import _packing_in_c
 from gateway.testing.servers import RedisServer
 from tests.eventlog.contract import ServerEventLogContract
 
@@ -33,3 +36,22 @@ async def test_reads_wait_longer_than_a_tail_blocks(block: float) -> None:
     8's default is 5 s): that counted as an outage, and the tail backed off."""
     log = RedisEventLog("redis://127.0.0.1:1/0", block=block)
     assert log._redis.connection_pool.connection_kwargs["socket_timeout"] > block
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("EVALSHA", "f" * 40, 4, b"\x00\xff\r\n", 1.5, 0.1, 10**30, -3, "é", memoryview(b"mv")),
+        ("CLIENT SETINFO", "LIB-NAME", "redis-py"),  # a subcommand in the name
+        (b"CONFIG GET", "maxmemory"),
+        ("PING",),
+    ],
+)
+def test_commands_are_packed_in_c_byte_for_byte_as_redis_py_packs_them(args: tuple) -> None:
+    in_c, in_python = _packing_in_c(Connection)(), Connection()
+    assert type(in_c) is not Connection
+    assert b"".join(in_c.pack_command(*args)) == b"".join(
+        bytes(part) for part in in_python.pack_command(*args)
+    )
+    with pytest.raises(DataError):
+        in_c.pack_command("SET", "k", None)
