@@ -38,37 +38,74 @@ READ_MARGIN = 5.0  # seconds a reply may take beyond what was asked for
 #   'c', session, worker, expected ('' = none), event id, data   -> the owner after
 #   'r', session, worker, event id, data   -> 1 if released, else 0
 _COMMIT = """
-local at = ARGV[1]
-local head = tonumber(redis.call('GET', KEYS[2]) or '0')
-local new_ids = {}
+local at, stream, ids, owners = ARGV[1], KEYS[1], KEYS[3], KEYS[4]
+local call = redis.call
+local head = tonumber(call('GET', KEYS[2]) or '0')
+-- The positions of the batch's event ids already stored, looked up in one HMGET per
+-- thousand ids (Lua's unpack has a bounded stack), not one HGET per event.
+local batch, count = {}, 0
+local i = 2
+while i <= #ARGV do
+  local kind = ARGV[i]
+  if kind == 'a' then
+    local last = i + 1 + 2 * tonumber(ARGV[i + 2])
+    for j = i + 3, last, 2 do
+      count = count + 1
+      batch[count] = ARGV[j]
+    end
+    i = last + 2
+  elseif kind == 'c' then
+    count = count + 1
+    batch[count] = ARGV[i + 4]
+    i = i + 6
+  else
+    count = count + 1
+    batch[count] = ARGV[i + 3]
+    i = i + 5
+  end
+end
+local known = {}
+for first = 1, count, 1000 do
+  local last = math.min(first + 999, count)
+  local found = call('HMGET', ids, unpack(batch, first, last))
+  for j = 1, last - first + 1 do
+    if found[j] then
+      known[batch[first + j - 1]] = tonumber(found[j])
+    end
+  end
+end
+-- New ids with their positions, as HSET's field-value pairs.
+local new, paired = {}, 0
 local function store(worker, id, data)
-  local position = new_ids[id] or redis.call('HGET', KEYS[3], id)
+  local position = known[id]
   if not position then
     head = head + 1
     position = head
-    redis.call('XADD', KEYS[1], '0-' .. position, 't', at, 'w', worker, 'd', data)
-    new_ids[id] = position
-    new_ids[#new_ids + 1] = id
+    call('XADD', stream, '0-' .. position, 't', at, 'w', worker, 'd', data)
+    known[id] = position
+    new[paired + 1] = id
+    new[paired + 2] = position
+    paired = paired + 2
   end
-  return tonumber(position)
+  return position
 end
 local results = {}
-local i = 2
+i = 2
 while i <= #ARGV do
   local kind = ARGV[i]
   if kind == 'a' then
     local worker, n, positions = ARGV[i + 1], tonumber(ARGV[i + 2]), {}
     i = i + 3
-    for _ = 1, n do
-      positions[#positions + 1] = store(worker, ARGV[i], ARGV[i + 1])
+    for k = 1, n do
+      positions[k] = store(worker, ARGV[i], ARGV[i + 1])
       i = i + 2
     end
     results[#results + 1] = positions
   elseif kind == 'c' then
     local session, worker, expected = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-    local current = redis.call('HGET', KEYS[4], session) or ''
+    local current = call('HGET', owners, session) or ''
     if current == expected then
-      redis.call('HSET', KEYS[4], session, worker)
+      call('HSET', owners, session, worker)
       store(worker, ARGV[i + 4], ARGV[i + 5])
       current = worker
     end
@@ -77,8 +114,8 @@ while i <= #ARGV do
   else
     local session, worker = ARGV[i + 1], ARGV[i + 2]
     local released = 0
-    if redis.call('HGET', KEYS[4], session) == worker then
-      redis.call('HDEL', KEYS[4], session)
+    if call('HGET', owners, session) == worker then
+      call('HDEL', owners, session)
       store(worker, ARGV[i + 3], ARGV[i + 4])
       released = 1
     end
@@ -86,16 +123,10 @@ while i <= #ARGV do
     i = i + 5
   end
 end
-if #new_ids > 0 then
-  redis.call('SET', KEYS[2], head)
-  -- Record the new ids in chunks: Lua's unpack has a bounded stack.
-  for first = 1, #new_ids, 500 do
-    local pairs = {}
-    for j = first, math.min(first + 499, #new_ids) do
-      pairs[#pairs + 1] = new_ids[j]
-      pairs[#pairs + 1] = new_ids[new_ids[j]]
-    end
-    redis.call('HSET', KEYS[3], unpack(pairs))
+if paired > 0 then
+  call('SET', KEYS[2], head)
+  for first = 1, paired, 1000 do
+    call('HSET', ids, unpack(new, first, math.min(first + 999, paired)))
   end
 end
 return results
