@@ -182,6 +182,10 @@ def _packing_in_c(connection_class: type[AbstractConnection]) -> type[AbstractCo
 
 
 class RedisEventLog(EventLog):
+    # A batch is packed and sent while the one before it runs on the server: each
+    # script call is atomic and assigns its own positions, so they may overlap.
+    commits_in_flight = 2
+
     def __init__(
         self,
         url: str,
