@@ -40,6 +40,9 @@ logger = logging.getLogger("sessionlog.eventlog")
 
 # Limits
 MAX_BATCH_EVENTS = 2_000  # events in one group commit; bounds transaction size and latency
+# Events a batch leaves for another idle flusher (commits_in_flight > 1) at the least:
+# smaller batches are cheaper whole than as two commits.
+MIN_SHARED_BATCH_EVENTS = 250
 TAIL_RETRY_MAX = 2.0  # seconds between a tail's attempts while the backend is down
 
 
@@ -101,6 +104,10 @@ def _owner_key(session_id: str, role: Role) -> str:
     return session_id if role == "worker" else f"{role}:{session_id}"
 
 
+def _events(operation: Operation) -> int:
+    return len(operation.events) if isinstance(operation, Append) else 1
+
+
 def _stored(event: Event) -> StoredEvent:
     return StoredEvent(event.id, getattr(event, "session_id", None), encode_event(event))
 
@@ -142,11 +149,18 @@ class EventLog(ABC):
     in one atomic step.
 
     Group commit: concurrent calls from one process share one transaction (or
-    pipeline), up to a bounded batch; a lone call is written at once.
+    pipeline), up to a bounded batch; a lone call is written at once. A backend may
+    let up to ``commits_in_flight`` such batches be on their way at once.
 
     Errors: a backend that cannot be reached raises :class:`LogUnavailable`; the
     same object works again once it is back. Nothing else from a driver escapes.
     """
+
+    # Group commits that may be in flight at once. One: each batch waits for the one
+    # before it. A backend whose commits are atomic on the server whatever their
+    # order (Redis: one script call, positions assigned inside it) raises it, so a
+    # batch is packed and sent while the one before it is still being written.
+    commits_in_flight = 1
 
     def __init__(self, *, url: str, clock: Callable[[], float] = time.time) -> None:
         # Shown in errors and logs; never carries credentials.
@@ -157,7 +171,10 @@ class EventLog(ABC):
         self._wakeup = _Wakeup()
         # Group commit: operations waiting for the flusher, each with its caller's future.
         self._pending: deque[tuple[Operation, asyncio.Future[object]]] = deque()
-        self._flusher: asyncio.Task[None] | None = None
+        # At most ``commits_in_flight``; each leaves the set in the step it sees nothing
+        # more pending, so an operation never waits without a flusher to take it.
+        self._flushers: set[asyncio.Task[None]] = set()
+        self._committing = 0  # flushers waiting for their batch's commit
         # Positions already reported as undecodable, so each is logged and counted once.
         self._undecodable: set[int] = set()
         self._closed = False
@@ -285,8 +302,8 @@ class EventLog(ABC):
         if self._closed:
             return
         self._closed = True
-        if self._flusher is not None:
-            await asyncio.gather(self._flusher, return_exceptions=True)
+        if self._flushers:
+            await asyncio.gather(*list(self._flushers), return_exceptions=True)
         await self._close()
 
     async def __aenter__(self) -> EventLog:
@@ -351,27 +368,41 @@ class EventLog(ABC):
             raise EventLogError(f"{self.url} is closed")
         future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         self._pending.append((operation, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
+        if len(self._flushers) < self.commits_in_flight:
+            flusher = asyncio.create_task(self._flush())
+            self._flushers.add(flusher)
+            flusher.add_done_callback(self._flushers.discard)  # one cancelled unstarted
         return await future
 
     async def _flush(self) -> None:
-        while self._pending:
-            batch, size = [], 0
-            while self._pending and size < MAX_BATCH_EVENTS:
-                operation, future = self._pending.popleft()
-                batch.append((operation, future))
-                size += len(operation.events) if isinstance(operation, Append) else 1
-            try:
-                results = await self._commit([operation for operation, _ in batch])
-            except Exception as exc:  # every caller of the batch learns why it failed
-                for _, future in batch:
+        try:
+            while self._pending:
+                bound = MAX_BATCH_EVENTS
+                idle = len(self._flushers) - self._committing
+                if idle > 1:  # a large batch is shared with the others, so that they overlap
+                    pending = sum(_events(operation) for operation, _ in self._pending)
+                    share = max(-(-pending // idle), MIN_SHARED_BATCH_EVENTS)
+                    bound = min(bound, share)
+                batch, size = [], 0
+                while self._pending and size < bound:
+                    operation, future = self._pending.popleft()
+                    batch.append((operation, future))
+                    size += _events(operation)
+                self._committing += 1
+                try:
+                    results = await self._commit([operation for operation, _ in batch])
+                except Exception as exc:  # every caller of the batch learns why it failed
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                finally:
+                    self._committing -= 1
+                self.stats.commits += 1
+                self.stats.operations += len(batch)
+                for (_, future), result in zip(batch, results, strict=True):
                     if not future.done():
-                        future.set_exception(exc)
-                continue
-            self.stats.commits += 1
-            self.stats.operations += len(batch)
-            for (_, future), result in zip(batch, results, strict=True):
-                if not future.done():
-                    future.set_result(result)
-            self._wakeup.notify()
+                        future.set_result(result)
+                self._wakeup.notify()
+        finally:
+            self._flushers.discard(asyncio.current_task())  # type: ignore[arg-type]

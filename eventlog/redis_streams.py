@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis import exceptions as redis_exc
+from redis.asyncio.connection import AbstractConnection
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
@@ -36,37 +38,74 @@ READ_MARGIN = 5.0  # seconds a reply may take beyond what was asked for
 #   'c', session, worker, expected ('' = none), event id, data   -> the owner after
 #   'r', session, worker, event id, data   -> 1 if released, else 0
 _COMMIT = """
-local at = ARGV[1]
-local head = tonumber(redis.call('GET', KEYS[2]) or '0')
-local new_ids = {}
+local at, stream, ids, owners = ARGV[1], KEYS[1], KEYS[3], KEYS[4]
+local call = redis.call
+local head = tonumber(call('GET', KEYS[2]) or '0')
+-- The positions of the batch's event ids already stored, looked up in one HMGET per
+-- thousand ids (Lua's unpack has a bounded stack), not one HGET per event.
+local batch, count = {}, 0
+local i = 2
+while i <= #ARGV do
+  local kind = ARGV[i]
+  if kind == 'a' then
+    local last = i + 1 + 2 * tonumber(ARGV[i + 2])
+    for j = i + 3, last, 2 do
+      count = count + 1
+      batch[count] = ARGV[j]
+    end
+    i = last + 2
+  elseif kind == 'c' then
+    count = count + 1
+    batch[count] = ARGV[i + 4]
+    i = i + 6
+  else
+    count = count + 1
+    batch[count] = ARGV[i + 3]
+    i = i + 5
+  end
+end
+local known = {}
+for first = 1, count, 1000 do
+  local last = math.min(first + 999, count)
+  local found = call('HMGET', ids, unpack(batch, first, last))
+  for j = 1, last - first + 1 do
+    if found[j] then
+      known[batch[first + j - 1]] = tonumber(found[j])
+    end
+  end
+end
+-- New ids with their positions, as HSET's field-value pairs.
+local new, paired = {}, 0
 local function store(worker, id, data)
-  local position = new_ids[id] or redis.call('HGET', KEYS[3], id)
+  local position = known[id]
   if not position then
     head = head + 1
     position = head
-    redis.call('XADD', KEYS[1], '0-' .. position, 't', at, 'w', worker, 'd', data)
-    new_ids[id] = position
-    new_ids[#new_ids + 1] = id
+    call('XADD', stream, '0-' .. position, 't', at, 'w', worker, 'd', data)
+    known[id] = position
+    new[paired + 1] = id
+    new[paired + 2] = position
+    paired = paired + 2
   end
-  return tonumber(position)
+  return position
 end
 local results = {}
-local i = 2
+i = 2
 while i <= #ARGV do
   local kind = ARGV[i]
   if kind == 'a' then
     local worker, n, positions = ARGV[i + 1], tonumber(ARGV[i + 2]), {}
     i = i + 3
-    for _ = 1, n do
-      positions[#positions + 1] = store(worker, ARGV[i], ARGV[i + 1])
+    for k = 1, n do
+      positions[k] = store(worker, ARGV[i], ARGV[i + 1])
       i = i + 2
     end
     results[#results + 1] = positions
   elseif kind == 'c' then
     local session, worker, expected = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-    local current = redis.call('HGET', KEYS[4], session) or ''
+    local current = call('HGET', owners, session) or ''
     if current == expected then
-      redis.call('HSET', KEYS[4], session, worker)
+      call('HSET', owners, session, worker)
       store(worker, ARGV[i + 4], ARGV[i + 5])
       current = worker
     end
@@ -75,8 +114,8 @@ while i <= #ARGV do
   else
     local session, worker = ARGV[i + 1], ARGV[i + 2]
     local released = 0
-    if redis.call('HGET', KEYS[4], session) == worker then
-      redis.call('HDEL', KEYS[4], session)
+    if call('HGET', owners, session) == worker then
+      call('HDEL', owners, session)
       store(worker, ARGV[i + 3], ARGV[i + 4])
       released = 1
     end
@@ -84,16 +123,10 @@ while i <= #ARGV do
     i = i + 5
   end
 end
-if #new_ids > 0 then
-  redis.call('SET', KEYS[2], head)
-  -- Record the new ids in chunks: Lua's unpack has a bounded stack.
-  for first = 1, #new_ids, 500 do
-    local pairs = {}
-    for j = first, math.min(first + 499, #new_ids) do
-      pairs[#pairs + 1] = new_ids[j]
-      pairs[#pairs + 1] = new_ids[new_ids[j]]
-    end
-    redis.call('HSET', KEYS[3], unpack(pairs))
+if paired > 0 then
+  call('SET', KEYS[2], head)
+  for first = 1, paired, 1000 do
+    call('HSET', ids, unpack(new, first, math.min(first + 999, paired)))
   end
 end
 return results
@@ -120,7 +153,39 @@ def _raw(response: Any, **_options: Any) -> Any:
     return response
 
 
+try:
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # hiredis before 2.1, or none: redis-py packs in Python
+    _hiredis_pack = None
+
+
+@functools.cache
+def _packing_in_c(connection_class: type[AbstractConnection]) -> type[AbstractConnection]:
+    """``connection_class``, packing commands with hiredis (in C) as redis-py's
+    synchronous client does; its asyncio client packs in Python, which for a group
+    commit of thousands of arguments costs more than the rest of the call."""
+    if _hiredis_pack is None:
+        return connection_class
+
+    def pack_command(self: AbstractConnection, *args: Any) -> list[bytes]:
+        # A command name may carry its subcommand ("CLIENT SETINFO"): split, as redis-py does.
+        if isinstance(args[0], str):
+            args = (*args[0].encode().split(), *args[1:])
+        elif b" " in args[0]:
+            args = (*args[0].split(), *args[1:])
+        try:
+            return [_hiredis_pack(args)]
+        except TypeError as exc:  # what redis-py's own encoder raises for such an argument
+            raise redis_exc.DataError(str(exc)) from exc
+
+    return type(connection_class.__name__, (connection_class,), {"pack_command": pack_command})
+
+
 class RedisEventLog(EventLog):
+    # A batch is packed and sent while the one before it runs on the server: each
+    # script call is atomic and assigns its own positions, so they may overlap.
+    commits_in_flight = 2
+
     def __init__(
         self,
         url: str,
@@ -150,6 +215,8 @@ class RedisEventLog(EventLog):
             socket_timeout=block + READ_MARGIN,
             retry=Retry(ExponentialBackoff(cap=0.2, base=0.01), retries=2),
         )
+        pool = self._redis.connection_pool
+        pool.connection_class = _packing_in_c(pool.connection_class)
         self._commit_script = self._redis.register_script(_COMMIT)
         # Entries as the server sends them: redis-py would build a dict per entry, which
         # costs more than the rest of a read. _rows reads the fields by place.

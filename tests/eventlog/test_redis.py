@@ -1,10 +1,15 @@
 from __future__ import annotations
 
-import pytest
+import asyncio
 
-from eventlog import EventLog, RedisEventLog
+import pytest
+from redis.asyncio.connection import Connection
+from redis.exceptions import DataError
+
+from eventlog import EventLog, OwnerClaimed, RedisEventLog, open_log
+from eventlog.redis_streams import _packing_in_c
 from gateway.testing.servers import RedisServer
-from tests.eventlog.contract import ServerEventLogContract
+from tests.eventlog.contract import ServerEventLogContract, heartbeats
 
 
 class TestRedisEventLog(ServerEventLogContract):
@@ -33,3 +38,49 @@ async def test_reads_wait_longer_than_a_tail_blocks(block: float) -> None:
     8's default is 5 s): that counted as an outage, and the tail backed off."""
     log = RedisEventLog("redis://127.0.0.1:1/0", block=block)
     assert log._redis.connection_pool.connection_kwargs["socket_timeout"] > block
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("EVALSHA", "f" * 40, 4, b"\x00\xff\r\n", 1.5, 0.1, 10**30, -3, "é", memoryview(b"mv")),
+        ("CLIENT SETINFO", "LIB-NAME", "redis-py"),  # a subcommand in the name
+        (b"CONFIG GET", "maxmemory"),
+        ("PING",),
+    ],
+)
+def test_commands_are_packed_in_c_byte_for_byte_as_redis_py_packs_them(args: tuple) -> None:
+    in_c, in_python = _packing_in_c(Connection)(), Connection()
+    assert type(in_c) is not Connection
+    assert b"".join(in_c.pack_command(*args)) == b"".join(
+        bytes(part) for part in in_python.pack_command(*args)
+    )
+    with pytest.raises(DataError):
+        in_c.pack_command("SET", "k", None)
+
+
+async def test_commits_in_flight_side_by_side_stay_gapless(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """Batches sent before the one before them is answered: positions stay gapless
+    from 1 and every caller gets its own results."""
+    log = await open_log(f"{redis_server.url}?namespace={namespace}")
+    try:
+        assert log.commits_in_flight > 1
+        appends = [log.append(heartbeats(60), worker=f"w{i}") for i in range(40)]
+        claims = [log.claim(f"s{i % 5}", f"c{i}") for i in range(40)]
+        results = await asyncio.gather(*appends, *claims)
+        assert log.stats.commits > 1
+        batches, owners = results[:40], results[40:]
+        for session in range(5):
+            assert len({owners[i] for i in range(session, 40, 5)}) == 1
+        records = await log.read(limit=10_000)
+        assert [r.position for r in records] == list(range(1, 40 * 60 + 5 + 1))
+        by_position = {r.position: r.worker for r in records}
+        for i, positions in enumerate(batches):
+            assert positions == list(range(positions[0], positions[0] + 60))
+            assert {by_position[p] for p in positions} == {f"w{i}"}
+        claimed = [r.event for r in records if isinstance(r.event, OwnerClaimed)]
+        assert sorted(e.owner for e in claimed) == sorted(set(owners))
+    finally:
+        await log.close()
