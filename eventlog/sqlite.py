@@ -7,8 +7,10 @@ row that commits late.
 
 Commits run on the driver on the event loop's thread when the write lock is free
 (a WAL commit takes tens of microseconds, a hop to a thread several times that), in
-one writer thread when they must wait for the lock or the disk. SQLite has no
-notifications, so a tail reads on a commit of its own process, and on a change of
+one writer thread when they must wait for the lock or the disk. Reads run on the
+event loop's thread too, on a connection of their own: a WAL reader never waits for
+the writer, and a page of rows takes about what a hop to a thread would. SQLite has
+no notifications, so a tail reads on a commit of its own process, and on a change of
 the database files (inotify) by another: one cheap query per worker, never per
 session.
 """
@@ -26,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, TypeVar
 
 import orjson
-from sqlalchemy import Engine, create_engine, insert, select
+from sqlalchemy import Engine, create_engine
 from sqlalchemy import event as sa_event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
@@ -45,6 +47,9 @@ Durability = Literal["off", "normal", "full"]
 # Timeouts
 WATCH_BURST = 0.05  # s of polling at poll_interval after the database files changed
 WATCH_FALLBACK = 0.25  # s between polls with a file watch and no change: a safety net
+# s a read waits for a lock (only a WAL recovery or reset takes one from a reader):
+# reads run on the event loop's thread, which must not stall.
+READ_BUSY_TIMEOUT = 0.1
 T = TypeVar("T")
 
 # An events row as inserted: position, event_id, session_id, at, worker, data.
@@ -64,7 +69,6 @@ class SQLiteEventLog(EventLog):
         poll_interval: float = 0.002,
         busy_timeout: float = 30.0,
         # Limits
-        readers: int = 2,
         checkpoint_rows: int = 10_000,
     ) -> None:
         super().__init__(url=redact(url), clock=clock)
@@ -86,12 +90,9 @@ class SQLiteEventLog(EventLog):
         self._checkpoint_rows = checkpoint_rows
         self._unchecked_rows = 0
         # For the rest of the writes (tables, snapshots), on the same one thread.
-        self._writer = _engine(sa_url, durability, busy_timeout, 1, begin="BEGIN IMMEDIATE")
-        self._reader = _engine(sa_url, durability, busy_timeout, readers, begin=None)
+        self._writer = _engine(sa_url, durability, busy_timeout)
         self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="sessionlog-sqlite-write")
-        self._read_threads = ThreadPoolExecutor(readers, thread_name_prefix="sessionlog-sqlite")
-        # The tails' connection, read on the event loop's thread (see _tail_rows).
-        self._poller: sqlite3.Connection | None = None
+        self._read_conn: sqlite3.Connection | None = None  # see _reading
         # The statements of reads and appends, on the driver: SQLAlchemy's statement
         # and row machinery would cost more than SQLite's own work.
         events, owners = self._schema.events.name, self._schema.owners.name
@@ -100,6 +101,14 @@ class SQLiteEventLog(EventLog):
             "WHERE position > ? ORDER BY position LIMIT ?"
         )
         self._head_sql = f"SELECT coalesce(max(position), 0) FROM {events}"
+        snapshots = self._schema.snapshots.name
+        self._load_snapshot_sql = f"SELECT data FROM {snapshots} WHERE name = ?"
+        # Keeps the newest only: an older snapshot than the stored one changes nothing.
+        self._save_snapshot_sql = (
+            f"INSERT INTO {snapshots} (name, position, data) VALUES (?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET position = excluded.position, data = excluded.data "
+            f"WHERE {snapshots}.position < excluded.position"
+        )
         # One statement and one parameter (a JSON array) for a whole batch's ids.
         self._known_ids_sql = (
             f"SELECT event_id, position FROM {events} "
@@ -114,7 +123,7 @@ class SQLiteEventLog(EventLog):
             f"INSERT INTO {events} ({', '.join(columns)}) "
             f"VALUES ({', '.join('?' for _ in columns)})"
         )
-        # Change notifications for the database files: None until a tail first waits,
+        # Change notifications for the database files, from the log's opening on:
         # False where the platform has none (then tails poll every poll_interval).
         self._watch: _FileWatch | Literal[False] | None = None
         self._changed_at = 0.0
@@ -135,12 +144,13 @@ class SQLiteEventLog(EventLog):
             reason = getattr(exc, "orig", None) or exc
             raise LogUnavailable(f"{self.url} is unavailable: {reason}") from exc
 
-    async def _in_thread(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
+    async def _in_writer(self, fn: Callable[..., T], *args: Any) -> T:
         with self._translate_errors():
-            return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+            return await asyncio.get_running_loop().run_in_executor(self._write_thread, fn, *args)
 
     async def _open(self) -> None:
-        await self._in_thread(self._write_thread, self._create_tables)
+        await self._in_writer(self._create_tables)
+        self._watch = _FileWatch.start(self._path, self._on_file_change)
 
     def _create_tables(self) -> None:
         with self._writer.begin() as conn:
@@ -158,9 +168,7 @@ class SQLiteEventLog(EventLog):
                     return self._commit_now(operations, wait=False)
                 except _Busy:
                     pass
-        return await self._in_thread(
-            self._write_thread, self._commit_now, operations, True, checkpoint
-        )
+        return await self._in_writer(self._commit_now, operations, True, checkpoint)
 
     def _commit_now(
         self, operations: list[Operation], wait: bool, checkpoint: bool = False
@@ -269,66 +277,47 @@ class SQLiteEventLog(EventLog):
             self._write_conn.execute("PRAGMA wal_autocheckpoint=0")  # see _commit_now
         return self._write_conn
 
-    async def _read_rows(self, after: int, limit: int) -> list[LogRow]:
-        return await self._in_thread(self._read_threads, self._read_now, after, limit)
+    def _reading(self) -> sqlite3.Connection:
+        """The connection reads run on, on the event loop's thread, opened on the first."""
+        if self._read_conn is None:
+            self._read_conn = sqlite3.connect(
+                self._path, isolation_level=None, timeout=READ_BUSY_TIMEOUT
+            )
+            # 64 MiB of page cache (the default is 2 MiB): the indexes of a long log stay hot.
+            self._read_conn.execute("PRAGMA cache_size=-65536")
+        return self._read_conn
 
-    def _read_now(self, after: int, limit: int) -> list[LogRow]:
-        with self._reader.connect() as conn:
-            cursor = conn.connection.driver_connection.execute(self._read_sql, (after, limit))
-            return cursor.fetchall()  # the driver's tuples, in LogRow's shape
+    async def _read_rows(self, after: int, limit: int) -> list[LogRow]:
+        with self._translate_errors():
+            # The driver's tuples, in LogRow's shape.
+            return self._reading().execute(self._read_sql, (after, limit)).fetchall()
 
     async def _head(self) -> int:
-        return await self._in_thread(self._read_threads, self._head_now)
-
-    def _head_now(self) -> int:
-        with self._reader.connect() as conn:
-            return conn.execute(self._schema.head).scalar_one()
+        with self._translate_errors():
+            return self._reading().execute(self._head_sql).fetchone()[0]  # type: ignore[no-any-return]
 
     async def _save_snapshot(self, name: str, position: int, data: bytes) -> None:
-        await self._in_thread(self._write_thread, self._save_snapshot_now, name, position, data)
+        await self._in_writer(self._save_snapshot_now, name, position, data)
 
     def _save_snapshot_now(self, name: str, position: int, data: bytes) -> None:
-        """Keep the newest snapshot of ``name``: the writer's BEGIN IMMEDIATE holds
-        the write lock from the compare to the write."""
-        snapshots = self._schema.snapshots
-        where = snapshots.c.name == name
+        # Not on the appends' connection: an inline commit may be using it meanwhile.
         with self._writer.begin() as conn:
-            current = conn.execute(select(snapshots.c.position).where(where)).scalar()
-            if current is None:
-                conn.execute(insert(snapshots).values(name=name, position=position, data=data))
-            elif current < position:
-                conn.execute(snapshots.update().where(where).values(position=position, data=data))
+            conn.exec_driver_sql(self._save_snapshot_sql, (name, position, data))
 
     async def _load_snapshot(self, name: str) -> bytes | None:
-        return await self._in_thread(self._read_threads, self._load_snapshot_now, name)
+        with self._translate_errors():
+            found = self._reading().execute(self._load_snapshot_sql, (name,)).fetchone()
+        return found[0] if found else None
 
-    def _load_snapshot_now(self, name: str) -> bytes | None:
-        snapshots = self._schema.snapshots
-        query = select(snapshots.c.data).where(snapshots.c.name == name)
-        with self._reader.connect() as conn:
-            return conn.execute(query).scalar()
-
-    async def _tail_rows(self, after: int, limit: int) -> list[LogRow]:
-        # On the event loop's thread, on a connection of its own: a WAL read of the
-        # newest rows takes microseconds, less than a hop to another thread would.
-        if self._watch is None:
-            self._watch = _FileWatch.start(self._path, self._on_file_change)
-        loop = asyncio.get_running_loop()
-        while not self._closed:
-            generation = self._wakeup.generation
-            self.stats.queries += 1
-            with self._translate_errors():
-                if self._poller is None:
-                    self._poller = sqlite3.connect(self._path, isolation_level=None)
-                rows = self._poller.execute(self._read_sql, (after, limit)).fetchall()
-            if rows:
-                return rows  # the driver's tuples, in LogRow's shape
-            # Polling every few ms costs CPU even when idle, so with a file watch we poll
-            # only just after another process changed the files (its commit becomes
-            # visible a moment after its last write), and otherwise wait for a change.
-            busy = self._watch is False or loop.time() - self._changed_at < WATCH_BURST
-            await self._wakeup.wait(generation, self._poll_interval if busy else WATCH_FALLBACK)
-        raise LogUnavailable(f"{self.url} is closed")
+    async def _wait(self, after: int, generation: int) -> None:
+        # Polling every few ms costs CPU even when idle, so with a file watch we poll
+        # only just after another process changed the files (its commit becomes
+        # visible a moment after its last write), and otherwise wait for a change.
+        busy = (
+            self._watch is False
+            or asyncio.get_running_loop().time() - self._changed_at < WATCH_BURST
+        )
+        await self._wakeup.wait(generation, self._poll_interval if busy else WATCH_FALLBACK)
 
     def _on_file_change(self) -> None:
         self._changed_at = asyncio.get_running_loop().time()
@@ -338,20 +327,18 @@ class SQLiteEventLog(EventLog):
         if self._watch:
             self._watch.stop()
         self._wakeup.notify()
-        if self._poller is not None:
-            self._poller.close()
-        for pool in (self._write_thread, self._read_threads):
-            await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
+        if self._read_conn is not None:
+            self._read_conn.close()
+        await asyncio.get_running_loop().run_in_executor(None, self._write_thread.shutdown)
         if self._write_conn is not None:
             self._write_conn.close()
         self._writer.dispose()
-        self._reader.dispose()
 
 
-def _engine(url: Any, durability: str, busy_timeout: float, size: int, begin: str | None) -> Engine:
+def _engine(url: Any, durability: str, busy_timeout: float) -> Engine:
     engine = create_engine(
         url,
-        pool_size=size,
+        pool_size=1,
         max_overflow=0,
         connect_args={"timeout": busy_timeout, "check_same_thread": False},
     )
@@ -360,11 +347,11 @@ def _engine(url: Any, durability: str, busy_timeout: float, size: int, begin: st
     def _configure(dbapi_connection: Any, _record: Any) -> None:
         _configure_connection(dbapi_connection, durability)
 
-    if begin is not None:
-
-        @sa_event.listens_for(engine, "begin")
-        def _begin(connection: Any) -> None:
-            connection.exec_driver_sql(begin)
+    @sa_event.listens_for(engine, "begin")
+    def _begin(connection: Any) -> None:
+        # Writers take the lock up front: processes creating the tables at once take
+        # turns, and a snapshot's compare and write are one step.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 
