@@ -171,6 +171,9 @@ class WorkerRuntime:
             self._wake(reached)
             if reached // self.settings.snapshot_every > self._snapshot_mark:
                 await self._save_snapshot()
+            # What the page set going (a handler, a stream's send) runs before the
+            # tail's next read is sent, which costs the driver more than it waits.
+            await asyncio.sleep(0)
 
     def _wake(self, position: int) -> None:
         waiting = self._waiting

@@ -409,7 +409,7 @@ async def test_a_client_that_does_not_read_loses_its_stream_not_the_memory(
     runtime = registry.runtime
     events = [
         ServerMessage(session_id="s", payload=b'{"jsonrpc":"2.0","method":"n"}')
-        for _ in range(OUTBOX_LIMIT + 1)
+        for _ in range(OUTBOX_LIMIT + 2)  # one more than fits, besides the one being sent
     ]
     await runtime.log.append(events, worker="elsewhere")
     await transport.wait_disconnected()
