@@ -396,7 +396,11 @@ class _FileWatch:
         return watch
 
     def _readable(self) -> None:
-        if any(event.name in self._names for event in self._inotify.read(timeout=0)):
+        try:
+            events = self._inotify.read(timeout=0)
+        except BlockingIOError:  # the writer thread's discard read them meanwhile
+            return
+        if any(event.name in self._names for event in events):
             self._callback()
 
     def discard(self) -> None:
