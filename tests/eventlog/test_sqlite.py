@@ -147,4 +147,3 @@ async def test_appenders_killed_mid_commit_lose_nothing_acknowledged(tmp_path: P
         assert await log.append([WorkerHeartbeat()], worker="after") == [len(stored) + 1]
     finally:
         await log.close()
-
