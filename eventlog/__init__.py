@@ -1,5 +1,6 @@
 """eventlog: one ordered, durable log of msgspec-encoded session events."""
 
+from ._urls import redact as redact_url
 from .base import EventLog, LogStats
 from .codec import Record, decode_event, encode_event
 from .errors import CodecError, EventLogError, LogUnavailable, UnsupportedURL
@@ -68,4 +69,5 @@ __all__ = [
     "encode_event",
     "new_event_id",
     "open_log",
+    "redact_url",
 ]

@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from eventlog import EventLogError
+from eventlog import EventLogError, redact_url
 
 from . import replay
 from .app import build_app
@@ -106,20 +106,27 @@ def serve(settings: Settings, *, reuse_port: bool = False) -> int:
     except (ValueError, EventLogError) as exc:
         print(f"sessionlog serve: {exc}", file=sys.stderr)
         return 1
-    if not reuse_port:
+
+    def serving(_: str) -> None:
+        # Said once the log is open and the port bound, never before a failure.
         base = f"http://{settings.host}:{settings.port}"
         print(f"sessionlog: MCP at {base}/mcp (Streamable HTTP) and {base}/sse (HTTP+SSE)")
-        print(f"sessionlog: log {settings.log_url}")
-    # handler_cancellation: a client that goes away ends its stream's handler at once.
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        print=None,
-        handler_cancellation=True,
-        reuse_port=reuse_port,
-        access_log=logging.getLogger("aiohttp.access") if settings.access_log else None,
-    )
+        print(f"sessionlog: log {redact_url(settings.log_url)}", flush=True)
+
+    try:
+        # handler_cancellation: a client that goes away ends its stream's handler at once.
+        web.run_app(
+            app,
+            host=settings.host,
+            port=settings.port,
+            print=None if reuse_port else serving,
+            handler_cancellation=True,
+            reuse_port=reuse_port,
+            access_log=logging.getLogger("aiohttp.access") if settings.access_log else None,
+        )
+    except (EventLogError, OSError) as exc:  # the log or the port, at start-up: one line
+        print(f"sessionlog serve: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -130,7 +137,7 @@ def supervise(settings: Settings, argv: list[str]) -> int:
     env = {**os.environ, "SESSIONLOG_WORKER_OF": str(os.getpid())}
     base = f"http://{settings.host}:{settings.port}"
     print(f"sessionlog: {settings.workers} workers; MCP at {base}/mcp and {base}/sse")
-    print(f"sessionlog: log {settings.log_url}")
+    print(f"sessionlog: log {redact_url(settings.log_url)}")
     sys.stdout.flush()
     workers = [subprocess.Popen(command, env=env) for _ in range(settings.workers)]
     stopping = False

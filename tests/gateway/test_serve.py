@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import socket
+import sys
 from pathlib import Path
 
 import aiohttp
@@ -66,3 +69,30 @@ async def test_open_sessions_are_capped(tmp_path: Path) -> None:
             async with client.get("/sse") as second:
                 assert second.status == 503
                 assert (await second.json())["error"]["code"] == -32603
+
+
+async def test_a_log_that_cannot_be_reached_is_one_line_with_no_password(tmp_path: Path) -> None:
+    """Nothing says it is serving, the URL's password is not printed, the exit is 1."""
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "serve",
+        "--log",
+        f"postgresql://ana:s3cret@127.0.0.1:{port}/db",
+        "--port",
+        "0",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), HANG_GUARD)
+    assert process.returncode == 1
+    assert stdout == b""
+    [line] = stderr.decode().splitlines()
+    assert line.startswith(f"sessionlog serve: postgresql://ana:***@127.0.0.1:{port}/db is unavail")
+    assert "s3cret" not in line
