@@ -162,9 +162,13 @@ class EventLog(ABC):
     # batch is packed and sent while the one before it is still being written.
     commits_in_flight = 1
 
-    def __init__(self, *, url: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, *, url: str, clock: Callable[[], float] = time.time, read_only: bool = False
+    ) -> None:
         # Shown in errors and logs; never carries credentials.
         self.url = url
+        # Opened to read only (audits): storage is neither created nor written.
+        self.read_only = read_only
         # Wall time of appends; injectable so tests control it.
         self.clock = clock
         self.stats = LogStats()
@@ -291,6 +295,7 @@ class EventLog(ABC):
         Only the newest is kept: a snapshot older than the stored one is ignored, so
         workers saving the same snapshot at once do no harm.
         """
+        self._check_writable()
         await self._save_snapshot(name, position, data)
 
     async def load_snapshot(self, name: str) -> bytes | None:
@@ -356,6 +361,10 @@ class EventLog(ABC):
     def _decode(self, rows: list[LogRow]) -> list[Record]:
         return decode_records(rows, self._skip)
 
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise EventLogError(f"{self.url} is open read-only")
+
     def _skip(self, position: int, exc: CodecError) -> None:
         if position in self._undecodable:
             return
@@ -366,6 +375,7 @@ class EventLog(ABC):
     async def _submit(self, operation: Operation) -> object:
         if self._closed:
             raise EventLogError(f"{self.url} is closed")
+        self._check_writable()
         future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         self._pending.append((operation, future))
         if len(self._flushers) < self.commits_in_flight:

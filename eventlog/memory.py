@@ -15,8 +15,14 @@ __all__ = ["MemoryEventLog"]
 
 
 class MemoryEventLog(EventLog):
-    def __init__(self, *, url: str = "memory://", clock: Callable[[], float] = time.time) -> None:
-        super().__init__(url=url, clock=clock)
+    def __init__(
+        self,
+        *,
+        url: str = "memory://",
+        clock: Callable[[], float] = time.time,
+        read_only: bool = False,
+    ) -> None:
+        super().__init__(url=url, clock=clock, read_only=read_only)
         self._rows: list[LogRow] = []  # row i holds position i + 1
         self._positions: dict[str, int] = {}  # event id -> position
         self._owners: dict[str, str] = {}

@@ -76,13 +76,14 @@ class PostgresEventLog(EventLog):
         *,
         namespace: str = "sessionlog",
         clock: Callable[[], float] = time.time,
+        read_only: bool = False,
         # Timeouts
         notify_fallback: float = 1.0,
         connect_timeout: float = 10.0,
         # Limits
         pool_size: int = 5,
     ) -> None:
-        super().__init__(url=redact(url), clock=clock)
+        super().__init__(url=redact(url), clock=clock, read_only=read_only)
         self._schema = schema = SQLSchema(check_namespace(namespace))
         # A waiting tail reads again this often even without a notification: a safety net.
         self._notify_fallback = notify_fallback
@@ -120,6 +121,8 @@ class PostgresEventLog(EventLog):
         self._commit_sql = (
             f"SELECT positions, owners FROM {function}($1, $2, $3, $4, $5, $6, $7, $8, $9)"
         )
+        # Read-only opens check the log is there instead of creating it.
+        self._has_events_sql = f"SELECT to_regclass('{events}')"
         self._read_sql = (
             f"SELECT position, at, worker, data FROM {events} "
             "WHERE position > $1 ORDER BY position LIMIT $2"
@@ -178,7 +181,11 @@ class PostgresEventLog(EventLog):
                 reset=_keep_session,
                 **self._connect_args,
             )
-        await self._run(lambda conn: conn.execute(self._open_sql))
+        if not self.read_only:
+            await self._run(lambda conn: conn.execute(self._open_sql))
+        elif await self._run(lambda conn: conn.fetchval(self._has_events_sql)) is None:
+            events = self._schema.events.name
+            raise EventLogError(f"{self.url} is not a sessionlog log: no {events} table")
 
     async def _commit(self, operations: list[Operation]) -> list[object]:
         kinds: list[int] = []

@@ -192,13 +192,14 @@ class RedisEventLog(EventLog):
         *,
         namespace: str = "sessionlog",
         clock: Callable[[], float] = time.time,
+        read_only: bool = False,
         # Timeouts
         block: float = 5.0,
         connect_timeout: float = 5.0,
         # Limits
         max_connections: int = 8,
     ) -> None:
-        super().__init__(url=redact(url), clock=clock)
+        super().__init__(url=redact(url), clock=clock, read_only=read_only)
         check_namespace(namespace)
         # One hash tag, so every key of a namespace lands on one cluster slot.
         self._keys = [f"{{{namespace}}}:{name}" for name in ("events", "head", "ids", "owners")]

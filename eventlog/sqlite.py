@@ -25,6 +25,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import orjson
@@ -63,6 +64,7 @@ class SQLiteEventLog(EventLog):
         *,
         namespace: str = "sessionlog",
         clock: Callable[[], float] = time.time,
+        read_only: bool = False,
         # Durability: "normal" survives a process crash, "full" also a power loss.
         durability: Durability = "normal",
         # Timeouts
@@ -71,7 +73,7 @@ class SQLiteEventLog(EventLog):
         # Limits
         checkpoint_rows: int = 10_000,
     ) -> None:
-        super().__init__(url=redact(url), clock=clock)
+        super().__init__(url=redact(url), clock=clock, read_only=read_only)
         self._schema = SQLSchema(check_namespace(namespace))
         if durability not in ("off", "normal", "full"):
             raise EventLogError(f"durability must be off, normal or full, not {durability!r}")
@@ -102,6 +104,9 @@ class SQLiteEventLog(EventLog):
         )
         self._head_sql = f"SELECT coalesce(max(position), 0) FROM {events}"
         snapshots = self._schema.snapshots.name
+        self._has_events_sql = (
+            f"SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '{events}'"
+        )
         self._load_snapshot_sql = f"SELECT data FROM {snapshots} WHERE name = ?"
         # Keeps the newest only: an older snapshot than the stored one changes nothing.
         self._save_snapshot_sql = (
@@ -149,7 +154,14 @@ class SQLiteEventLog(EventLog):
             return await asyncio.get_running_loop().run_in_executor(self._write_thread, fn, *args)
 
     async def _open(self) -> None:
-        await self._in_writer(self._create_tables)
+        if self.read_only:
+            with self._translate_errors():
+                found = self._reading().execute(self._has_events_sql).fetchone()
+            if found is None:
+                events = self._schema.events.name
+                raise EventLogError(f"{self.url} is not a sessionlog log: no {events} table")
+        else:
+            await self._in_writer(self._create_tables)
         self._watch = _FileWatch.start(self._path, self._on_file_change)
 
     def _create_tables(self) -> None:
@@ -280,8 +292,13 @@ class SQLiteEventLog(EventLog):
     def _reading(self) -> sqlite3.Connection:
         """The connection reads run on, on the event loop's thread, opened on the first."""
         if self._read_conn is None:
+            # Read-only opens the file as such: an audit never changes it, not even
+            # its journal mode.
+            target = (
+                Path(self._path).absolute().as_uri() + "?mode=ro" if self.read_only else self._path
+            )
             self._read_conn = sqlite3.connect(
-                self._path, isolation_level=None, timeout=READ_BUSY_TIMEOUT
+                target, isolation_level=None, timeout=READ_BUSY_TIMEOUT, uri=self.read_only
             )
             # 64 MiB of page cache (the default is 2 MiB): the indexes of a long log stay hot.
             self._read_conn.execute("PRAGMA cache_size=-65536")

@@ -47,7 +47,8 @@ def parse_point(text: str) -> tuple[int | None, datetime | None]:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise ReplayError(f"--at {text!r} is neither a position nor an ISO 8601 time") from None
+        shown = text if len(text) <= 40 else f"{text[:40]}... ({len(text)} characters)"
+        raise ReplayError(f"--at {shown!r} is neither a position nor an ISO 8601 time") from None
     return None, moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
@@ -197,7 +198,7 @@ def _check_file(url: str) -> None:
 
 async def _open(url: str) -> EventLog:
     _check_file(url)
-    return await open_log(url)
+    return await open_log(url, read_only=True)
 
 
 async def replay(

@@ -22,6 +22,7 @@ from eventlog import (
     ClientMessage,
     CodecError,
     EventLog,
+    EventLogError,
     LogUnavailable,
     MessageHandled,
     OwnerClaimed,
@@ -256,6 +257,21 @@ class EventLogContract:
 
 class SharedEventLogContract(EventLogContract):
     """Separate OS processes sharing one log."""
+
+    async def test_a_read_only_log_reads_and_never_writes(self, log_url: str) -> None:
+        async with await open_log(log_url) as log:
+            [position] = await log.append(heartbeats(1), worker="w")
+        async with await open_log(log_url, read_only=True) as audit:
+            assert [r.position for r in await audit.read()] == [position]
+            assert await audit.head() == position
+            with pytest.raises(EventLogError, match="read-only"):
+                await audit.append(heartbeats(1), worker="w")
+            with pytest.raises(EventLogError, match="read-only"):
+                await audit.claim("s", "w")
+            with pytest.raises(EventLogError, match="read-only"):
+                await audit.save_snapshot("s", position, b"x")
+        async with await open_log(log_url) as log:
+            assert await log.head() == position  # nothing was written
 
     async def test_claim_race_from_8_processes_has_one_winner(self, log_url: str) -> None:
         log = await open_log(log_url)  # create the storage before the race

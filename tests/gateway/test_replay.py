@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -203,3 +205,20 @@ def test_an_at_with_thousands_of_digits_is_a_one_line_error(
 ) -> None:
     code, out, err = run(capsys, "--log", f"sqlite:///{log_path}", "--at", "9" * 5000)
     assert code == 1 and out == "" and len(err.splitlines()) == 1
+
+
+def test_a_file_that_is_not_a_sessionlog_log_is_left_as_it_was(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Replay never writes: someone else's SQLite file is a one-line error, with no
+    table added and its journal mode unchanged."""
+    path = tmp_path / "someone-elses.db"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("CREATE TABLE t (x)")
+        db.commit()
+    before = path.read_bytes()
+    code, out, err = run(capsys, "--log", f"sqlite:///{path}")
+    assert code == 1 and out == ""
+    assert "is not a sessionlog log" in err and len(err.strip().splitlines()) == 1
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["someone-elses.db"]
