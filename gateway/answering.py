@@ -250,18 +250,13 @@ class Answering:
         reply. Related messages the handler sends are recorded first and passed to
         ``send_related``. Returns the reply as recorded, or None (no reply due).
         """
-        runtime = self.runtime
-        log, worker, streams = runtime.log, runtime.worker_id, runtime.streams
 
         async def related(payload: dict[str, Any]) -> None:
             event = ServerMessage(
                 session_id=session_id, payload=orjson.dumps(payload), reply_to=message_id
             )
-            since = runtime.clock()
-            [position] = await log.append([event], worker=worker)
-            sent = SentMessage(position, event.payload, message_id)
-            streams.send_appended(session_id, sent, position, since)
-            if send_related is not None:
+            _, sent = await self._append(session_id, [event])
+            if send_related is not None and sent is not None:
                 try:
                     await send_related(sent)
                 except (ConnectionError, RuntimeError, TimeoutError) as exc:
@@ -270,11 +265,7 @@ class Answering:
                     logger.debug("session %s: related message not sent: %s", session_id, exc)
 
         outcome = await self._outcome(session_id, message_id, message, ctx, related)
-        since = runtime.clock()
-        positions = await log.append(outcome, worker=worker)
-        reply = _reply(outcome, positions)
-        if reply is not None:
-            streams.send_appended(session_id, reply, positions[0], since)
+        _, reply = await self._append(session_id, outcome)
         return reply
 
     async def answer_at_once(
@@ -295,13 +286,24 @@ class Answering:
         event = ClientMessage(session_id=session_id, payload=payload, answered_by=runtime.worker_id)
         outcome = await self._outcome(session_id, event.id, message, ctx, None)
         events: list[Event] = [event, *outcome] if opening is None else [opening, event, *outcome]
+        positions, reply = await self._append(session_id, events)
+        return event.id, positions[len(events) - len(outcome) - 1], reply
+
+    async def _append(
+        self, session_id: str, events: list[Event]
+    ) -> tuple[list[int], SentMessage | None]:
+        """Append ``events``, among them at most one server message for the session,
+        and send that one to the session's stream if it is held here, once durable.
+        Returns the positions and the server message as recorded."""
+        runtime = self.runtime
         since = runtime.clock()
         positions = await runtime.log.append(events, worker=runtime.worker_id)
-        at = len(events) - len(outcome)
-        reply = _reply(outcome, positions[at:])
-        if reply is not None:
-            runtime.streams.send_appended(session_id, reply, positions[0], since)
-        return event.id, positions[at - 1], reply
+        for event, position in zip(events, positions, strict=True):
+            if isinstance(event, ServerMessage):
+                sent = SentMessage(position, event.payload, event.reply_to)
+                runtime.streams.send_appended(session_id, sent, positions[0], since)
+                return positions, sent
+        return positions, None
 
     async def _outcome(
         self,
@@ -407,14 +409,6 @@ class Answering:
                 queues.remove(followed)
             if not queues:
                 self._followers.pop(message_id, None)
-
-
-def _reply(outcome: list[Event], positions: list[int]) -> SentMessage | None:
-    """The reply among an outcome's events, as recorded at ``positions``."""
-    reply = outcome[0]
-    if not isinstance(reply, ServerMessage):
-        return None
-    return SentMessage(positions[0], reply.payload, reply.reply_to)
 
 
 def _is_request(payload: bytes) -> bool:
