@@ -106,8 +106,11 @@ async def readyz(request: web.Request) -> web.Response:
         head, position = await _lag(request.app[REGISTRY])
     except (RuntimeError, TimeoutError, EventLogError) as exc:
         return web.json_response({"ready": False, "reason": str(exc) or "log timeout"}, status=503)
-    ready = head - position <= READY_LAG
+    problems = request.app[REGISTRY].runtime.problems
+    ready = head - position <= READY_LAG and not problems
     body = {"ready": ready, "head": head, "position": position}
+    if problems:
+        body["problems"] = dict(problems)
     return web.json_response(body, status=200 if ready else 503)
 
 

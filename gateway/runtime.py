@@ -81,6 +81,9 @@ class WorkerRuntime:
         self._head_asked = 0  # callers so far
         self._head_answered = 0  # callers the newest read answers
         self._head = 0
+        # Why this worker should not take traffic now, by cause ("writes", "lineage"):
+        # /readyz answers 503 with them while any is set.
+        self.problems: dict[str, str] = {}
 
     @property
     def worker_ttl(self) -> float:
