@@ -44,7 +44,11 @@ def build_app(settings: Settings, *, worker_id: str | None = None) -> web.Applic
         at_once=dispatcher.answers_at_once,
     )
     metrics = operations.Metrics(registry)
-    limits = StreamLimits(settings.max_streams_per_identity, settings.max_sessions)
+    limits = StreamLimits(
+        settings.max_streams_per_identity,
+        settings.max_sessions,
+        settings.max_sessions_per_identity,
+    )
     app = web.Application(client_max_size=MAX_BODY, middlewares=guards(settings, authenticator))
     sse.add_routes(app, registry, limits)
     streamable_http.add_routes(app, registry, limits)

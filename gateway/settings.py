@@ -81,6 +81,29 @@ class Settings:
     max_sessions: int = _setting(
         10_000, "open sessions a worker creates new ones up to", group=_LIMITS, parse=int
     )
+    max_sessions_per_identity: int = _setting(
+        1_000,
+        "open sessions of one authenticated identity (anonymous ones: only max-sessions)",
+        group=_LIMITS,
+        parse=int,
+    )
+    pending_bytes_per_session: int = _setting(
+        16 * 2**20,
+        "bytes of client messages a session may have waiting for their answers; "
+        "more are refused (429) until some are answered",
+        group=_LIMITS,
+        parse=int,
+    )
+    payload_cache_per_session: int = _setting(
+        8 * 2**20,
+        "bytes of message payloads kept for one session held here (the rest is read "
+        "back from the log)",
+        group=_LIMITS,
+        parse=int,
+    )
+    payload_cache_per_worker: int = _setting(
+        64 * 2**20, "bytes of message payloads kept on one worker", group=_LIMITS, parse=int
+    )
     # Timeouts, in seconds
     session_ttl: float = _setting(
         3600.0, "seconds an unheld session may idle before it expires", group=_LIMITS, parse=float
@@ -99,6 +122,13 @@ class Settings:
     )
     snapshot_every: int = _setting(
         10_000, "records between snapshots of the registry", group=_LIMITS, parse=int
+    )
+    closed_retention: float = _setting(
+        86_400.0,
+        "seconds (of the log's record times) the registry remembers a closed session "
+        "or a silent worker; the log keeps its history",
+        group=_LIMITS,
+        parse=float,
     )
     log_format: str = _setting("text", "json: one JSON object per line", choices=("text", "json"))
     access_log: bool = _setting(

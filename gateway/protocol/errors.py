@@ -29,6 +29,7 @@ from .versions import ALL_VERSIONS
 
 __all__ = [
     "ProtocolError",
+    "backlog_full",
     "bad_host",
     "bad_origin",
     "body_too_large",
@@ -46,6 +47,7 @@ __all__ = [
     "refused",
     "session_required",
     "too_many_sessions",
+    "too_many_sessions_for_identity",
     "too_many_streams",
     "unauthorized",
     "unknown_session",
@@ -205,6 +207,28 @@ def too_many_streams(limit: int) -> ProtocolError:
         INVALID_REQUEST,
         f"too many open streams: at most {limit} per identity",
         headers={"Retry-After": "5"},
+    )
+
+
+def too_many_sessions_for_identity(limit: int) -> ProtocolError:
+    return ProtocolError(
+        429,
+        INVALID_REQUEST,
+        f"too many open sessions: at most {limit} per identity; close some first",
+        headers={"Retry-After": "5"},
+    )
+
+
+def backlog_full(waiting: int, budget: int) -> ProtocolError:
+    """A session's client messages waiting for answers are at its byte budget: the
+    message is refused, not accepted, until some are answered (429, not 413: the
+    same message is accepted then)."""
+    return ProtocolError(
+        429,
+        INVALID_REQUEST,
+        f"the session has {waiting} bytes of messages waiting for answers (at most "
+        f"{budget}); retry once they are answered",
+        headers={"Retry-After": "1"},
     )
 
 
