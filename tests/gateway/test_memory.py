@@ -1,0 +1,88 @@
+"""Memory bounded by bytes across real worker processes: big messages on one session,
+and messages to a session nobody answers.
+
+RSS is read from /proc once the work is done: a measurement of the processes, not
+a timing. The budget is generous on purpose (each worker starts at ~80 MiB; before
+payloads left the projection, 60 calls of 3 MiB took the holder to ~400 MiB and a
+worker that only folds them to ~280 MiB)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import aiohttp
+import orjson
+
+from gateway.testing.workloads import (
+    EventReader,
+    call_big,
+    open_sse,
+    post_big,
+    rss_mib,
+    unanswered,
+    worker,
+)
+
+RSS_BUDGET_MIB = 200  # each worker's, after 60 tools/call of 3 MiB on one session
+MESSAGE = 3 * 2**20
+CALLS = 60
+HANG_GUARD = 120.0  # moving 360 MiB through two processes on a shared machine
+
+
+async def test_big_calls_across_two_workers_stay_under_the_memory_budget(tmp_path: Path) -> None:
+    """The holder of the session's stream answers; the other worker records the calls
+    and folds the answers. Neither keeps the session's messages: every worker's
+    projection holds positions and sizes, the holder a few MiB of payloads."""
+    url = f"sqlite:///{tmp_path}/log.db"
+    with worker(url) as holder, worker(url) as poster:
+        async with aiohttp.ClientSession() as http:
+            async with open_sse(http, holder.url) as (session_id, stream):
+                async with asyncio.timeout(HANG_GUARD):
+                    calls = await call_big(
+                        http, stream, poster.url, session_id, count=CALLS, size=MESSAGE
+                    )
+                assert calls.answered == set(range(1, CALLS + 1))
+                for process in (holder.process, poster.process):
+                    assert rss_mib(process) < RSS_BUDGET_MIB
+    asked, missing = await unanswered(url)
+    assert asked == calls.statuses[202] and missing == []
+
+
+async def test_a_session_nobody_answers_takes_messages_up_to_its_budget_then_429(
+    tmp_path: Path,
+) -> None:
+    """Its holder killed, the session's messages wait in the log: the survivor accepts
+    them up to the byte budget (16 MiB: five of 3 MiB) and refuses the rest with 429
+    and a JSON-RPC body. A client resuming the stream there gets every accepted one
+    answered, the survivor reading their payloads back from the log."""
+    url = f"sqlite:///{tmp_path}/log.db"
+    with worker(url) as holder, worker(url) as survivor:
+        async with aiohttp.ClientSession() as http:
+            async with open_sse(http, holder.url) as (session_id, _):
+                holder.process.send_signal(signal.SIGKILL)
+                holder.process.wait()
+            statuses, refusals = [], []
+            for request_id in range(1, 9):
+                status, body = await post_big(http, survivor.url, session_id, request_id, MESSAGE)
+                statuses.append(status)
+                if body is not None:
+                    refusals.append(body)
+            assert statuses == [202] * 5 + [429] * 3
+            assert all(body["error"]["code"] == -32600 for body in refusals)
+            assert rss_mib(survivor.process) < RSS_BUDGET_MIB
+            resume = {"Last-Event-ID": "0"}
+            url_resume = f"{survivor.url}/sse?session_id={session_id}"
+            async with http.get(url_resume, headers=resume) as response:
+                assert response.status == 200
+                stream = EventReader(response)
+                answered: set[int] = set()
+                async with asyncio.timeout(HANG_GUARD):
+                    while len(answered) < 5:
+                        event = await stream.next()
+                        if event.get("event") == "message":
+                            answered.add(orjson.loads(event["data"])["id"])
+                assert answered == {1, 2, 3, 4, 5}
+    asked, missing = await unanswered(url)
+    assert asked == 5 and missing == []
