@@ -10,7 +10,9 @@
   3 MiB go to the session on the survivor, which nobody answers: how many are
   accepted (202) and refused (429), and the survivor's RSS.
 - **churn**: 20,000 Streamable HTTP sessions opened (initialize) and closed
-  (DELETE) on one worker by 8 clients; RSS growth per session from 2,000 on.
+  (DELETE) on one worker by 8 clients; RSS growth per session from 2,000 on; again
+  with ``--closed-retention 0`` (closed sessions forgotten at once, as they are a
+  day after closing by default).
 
 ``--before DIR`` runs every scenario against another checkout too (for example
 ``git archive main | tar -x -C DIR``), side by side; its rows are system
@@ -106,10 +108,18 @@ async def _big_messages(
 
 
 async def _churn(
-    system: str, source: Path | None, directory: Path, sessions: int, warm_up: int
+    system: str,
+    source: Path | None,
+    directory: Path,
+    sessions: int,
+    warm_up: int,
+    retention: float | None = None,
 ) -> tuple[list[Row], dict[str, object]]:
-    url = _log_url(directory, f"churn-{system.split()[-1].strip('()')}")
-    with worker(url, source=source) as served:
+    """``retention``: the registry's closed-session retention (default: the
+    setting's default, a day, longer than the run)."""
+    name = f"churn-{system.split()[-1].strip('()')}-{retention}"
+    args = () if retention is None else ("--closed-retention", str(retention))
+    with worker(_log_url(directory, name), *args, source=source) as served:
         async with aiohttp.ClientSession() as http:
             await open_and_close(http, served.url, warm_up, CLIENTS)
             start = rss_mib(served.process)
@@ -117,6 +127,8 @@ async def _churn(
             end = rss_mib(served.process)
     per_session = (end - start) * 1024 / (sessions - warm_up)
     parameter = f"{sessions} sessions opened and closed"
+    if retention is not None:
+        parameter += f", closed retention {retention:g} s"
     rows = measured(
         "memory",
         system,
@@ -124,7 +136,8 @@ async def _churn(
         parameter,
         [("rss growth per session", per_session, "KiB"), ("rss after", end, "MiB")],
     )
-    return rows, {"rss_mib": {"from": start, "to": end}, "sessions": sessions, "warm_up": warm_up}
+    raw = {"rss_mib": {"from": start, "to": end}, "sessions": sessions, "warm_up": warm_up}
+    return rows, raw
 
 
 def scenario(quick: bool, workdir: Path, before: Path | None = None) -> ScenarioResult:
@@ -140,6 +153,12 @@ def scenario(quick: bool, workdir: Path, before: Path | None = None) -> Scenario
         churn_rows, churn_raw = asyncio.run(_churn(system, source, workdir, sessions, warm_up))
         rows += big_rows + churn_rows
         raw[system] = {"big messages": big_raw, "churn": churn_raw}
+    # Closed sessions forgotten at once: what the registry keeps past the window.
+    forgetting, forgetting_raw = asyncio.run(
+        _churn("sessionlog", None, workdir, sessions, warm_up, retention=0.0)
+    )
+    rows += forgetting
+    raw["sessionlog, closed retention 0 s"] = {"churn": forgetting_raw}
     return ScenarioResult(rows=rows, raw=raw)
 
 

@@ -33,6 +33,7 @@ TITLES = {
     "tools-call": "tools/call echo through the gateway vs the MCP SDK server",
     "proxy": "tools/call through a proxy in front of the SDK server",
     "proxy-faults": "What each proxy does on failure (two proxy processes, one store)",
+    "memory": "Worker memory: 3 MiB messages on one session, sessions opened and closed",
 }
 # Metrics where more is better; for all others (latency, CPU, ...) less is.
 HIGHER_IS_BETTER = ("events/s", "records/s", "messages/s", "calls/s")
@@ -58,7 +59,17 @@ TARGETS = {
     ("tools-call", "", "p50"): "<= the SDK's",
     ("tools-call", "", "cpu per call"): "<= the SDK's",
 }
-ORDER = ["tools-call", "proxy", "delivery", "sustained", "idle", "append", "read", "replay"]
+ORDER = [
+    "tools-call",
+    "proxy",
+    "delivery",
+    "sustained",
+    "idle",
+    "memory",
+    "append",
+    "read",
+    "replay",
+]
 # Scenarios with several systems side by side, not one baseline: tables of their own.
 # Conformance rows are in summary.json; the README has its own table for them.
 SPECIAL = {"proxy", "proxy-faults", "conformance"}

@@ -5,9 +5,11 @@ A session's stream is held on one worker at a time, the owner recorded in the lo
 (a claim). Server messages for it reach this worker through the tail and go out in
 log order through a mailbox per stream; one this worker appended itself goes out as
 soon as it is durable, when the tail has folded everything before it (no wait for
-the tail to read it back). A client that reads slower than that is cut off (it
-resumes from its last event id). A claim by another worker, or the session's close,
-ends the stream here.
+the tail to read it back). A client that reads slower than that (a thousand
+messages, or 32 MiB, queued) is cut off (it resumes from its last event id). A
+claim by another worker, or the session's close, ends the stream here. The bytes of
+a held session's messages are kept here, within budgets (:mod:`.payloads`): no
+other worker keeps them.
 """
 
 from __future__ import annotations

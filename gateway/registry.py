@@ -292,6 +292,8 @@ class SessionRegistry:
 
         Raises:
             SessionNotFound: the session is not open on any worker.
+            ProtocolError: 429, the session's messages waiting for answers are at
+                their byte budget (``pending_bytes_per_session``); nothing was sent.
             LogUnavailable: the log cannot be reached; nothing was sent.
         """
         runtime = await self.started()
