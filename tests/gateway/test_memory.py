@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import orjson
+import pytest
 
+from eventlog import Event, EventLog, ServerMessage, SessionOpened, open_log
+from gateway.payloads import Payloads
+from gateway.reading import catch_up
 from gateway.testing.workloads import (
     EventReader,
     call_big,
@@ -24,6 +29,7 @@ from gateway.testing.workloads import (
     unanswered,
     worker,
 )
+from projections import RegistryProjection
 
 RSS_BUDGET_MIB = 200  # each worker's, after 60 tools/call of 3 MiB on one session
 MESSAGE = 3 * 2**20
@@ -86,3 +92,53 @@ async def test_a_session_nobody_answers_takes_messages_up_to_its_budget_then_429
                 assert answered == {1, 2, 3, 4, 5}
     asked, missing = await unanswered(url)
     assert asked == 5 and missing == []
+
+
+# -- the payloads a holder keeps -------------------------------------------------------
+
+
+@pytest.fixture
+async def log(tmp_path: Path) -> AsyncIterator[EventLog]:
+    async with await open_log(f"sqlite:///{tmp_path}/log.db") as log:
+        yield log
+
+
+def payloads_of(log: EventLog, projection: RegistryProjection, **budgets: int) -> Payloads:
+    return Payloads(lambda: log, lambda: projection, **budgets)
+
+
+async def test_kept_payloads_stay_within_the_session_and_worker_budgets(log: EventLog) -> None:
+    payloads = payloads_of(log, RegistryProjection(), per_session=250, per_worker=350)
+    for position in range(1, 4):  # over the session's budget: its oldest goes
+        payloads.keep("a", position, b"a" * 100)
+    assert [payloads.get("a", p) is not None for p in (1, 2, 3)] == [False, True, True]
+    payloads.keep("b", 4, b"b" * 100)
+    payloads.keep("b", 5, b"b" * 100)  # over the worker's budget: the oldest of all goes
+    assert payloads.get("a", 2) is None and payloads.get("a", 3) is not None
+    assert payloads.bytes == 300
+    payloads.keep("c", 7, b"c" * 300)  # more than a session may keep: not kept at all
+    assert payloads.get("c", 7) is None and payloads.bytes == 300
+    payloads.forget("b")
+    assert payloads.bytes == 100 and len(payloads) == 1
+
+
+async def test_payloads_not_kept_are_read_back_from_the_log_in_one_page(log: EventLog) -> None:
+    """The other sessions' records in between are read too: one page, not one round
+    trip per message."""
+    events: list[Event] = [SessionOpened(session_id="s", transport="sse")]
+    for number in range(10):
+        session_id = "s" if number % 2 == 0 else "other"
+        events.append(ServerMessage(session_id=session_id, payload=b"%d" % number))
+    await log.append(events, worker="w")
+    projection = RegistryProjection()
+    await catch_up(log, projection)
+    payloads = payloads_of(log, projection, per_session=2**20, per_worker=2**20)
+    payloads.keep("s", 2, b"0")
+    queries = log.stats.queries
+    sent = [m async for m in payloads.sent_after("s", 0, 11)]
+    assert [(m.position, m.payload) for m in sent] == [
+        (p, b"%d" % (p - 2)) for p in (2, 4, 6, 8, 10)
+    ]
+    assert log.stats.queries == queries + 1
+    only_after = [m.position async for m in payloads.sent_after("s", 4, 8)]
+    assert only_after == [6, 8]
