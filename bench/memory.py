@@ -28,7 +28,6 @@ import tempfile
 from pathlib import Path
 
 import aiohttp
-import msgspec
 
 from gateway.testing.workloads import (
     call_big,
@@ -175,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     for row in result.rows:
         print(f"{row.system:22} {row.parameter:42} {row.metric:24} {row.value:10.2f} {row.unit}")
     if args.out is not None:
-        report(args.out / "memory.json", args.quick, **msgspec.to_builtins(result))
+        report(args.out / "memory.json", args.quick, rows=result.rows, **result.raw)
 
 
 if __name__ == "__main__":
