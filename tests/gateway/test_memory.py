@@ -18,8 +18,10 @@ import orjson
 import pytest
 
 from eventlog import Event, EventLog, ServerMessage, SessionOpened, open_log
+from gateway import SessionRegistry
 from gateway.payloads import Payloads
-from gateway.reading import catch_up
+from gateway.reading import catch_up, timeline
+from gateway.settings import Settings
 from gateway.testing.workloads import (
     EventReader,
     call_big,
@@ -30,6 +32,7 @@ from gateway.testing.workloads import (
     worker,
 )
 from projections import RegistryProjection
+from tests.gateway.helpers import FakeClock, RecordingTransport
 
 RSS_BUDGET_MIB = 200  # each worker's, after 60 tools/call of 3 MiB on one session
 MESSAGE = 3 * 2**20
@@ -142,3 +145,32 @@ async def test_payloads_not_kept_are_read_back_from_the_log_in_one_page(log: Eve
     assert log.stats.queries == queries + 1
     only_after = [m.position async for m in payloads.sent_after("s", 4, 8)]
     assert only_after == [6, 8]
+
+
+async def test_a_worker_forgets_closed_sessions_after_the_retention_window(
+    tmp_path: Path,
+) -> None:
+    """The window is the setting's, measured by the records' times (the injected
+    clock stamps them): the log still has every session's history."""
+    clock = FakeClock()
+    url = f"sqlite:///{tmp_path}/log.db"
+    registry = SessionRegistry(
+        log_url=url, clock=clock, settings=Settings(closed_retention=60.0), worker_id="w"
+    )
+    await registry.initialize(housekeeping=False)
+    try:
+        runtime = registry.runtime
+        for number in range(3):
+            await registry.add_session(f"s{number}", RecordingTransport())
+            await registry.remove_session(f"s{number}")
+        assert list(runtime.projection.state.closed) == ["s0", "s1", "s2"]
+        clock.advance(61.0)
+        await runtime.housekeeping.heartbeat()
+        await runtime.sync()
+        assert runtime.projection.state.closed == {}
+        assert await registry.session_exists("s0") is False
+        assert [type(r.event).__name__ for r in await timeline(runtime.log, "s0")][-1] == (
+            "SessionClosed"
+        )
+    finally:
+        await registry.shutdown()
