@@ -124,7 +124,8 @@ async def _churn(
             start = rss_mib(served.process)
             await open_and_close(http, served.url, sessions - warm_up, CLIENTS)
             end = rss_mib(served.process)
-    per_session = (end - start) * 1024 / (sessions - warm_up)
+    # Growth only: RSS that shrank (the allocator gave pages back) is no growth.
+    per_session = max(0.0, end - start) * 1024 / (sessions - warm_up)
     parameter = f"{sessions} sessions opened and closed"
     if retention is not None:
         parameter += f", closed retention {retention:g} s"
