@@ -93,6 +93,9 @@ class Answering:
         self._responders: dict[str, _Responder] = {}
         # Streams following one client message (resumed request streams), by its id.
         self._followers: dict[str, list[asyncio.Queue[SentMessage]]] = {}
+        # The newest position of a client message recorded here: folded before a
+        # session's backlog is measured, so this worker counts its own.
+        self._recorded = 0
         runtime.observers.append(self._react)
         runtime.streams.on_drop.append(self._stop)
 
@@ -261,18 +264,23 @@ class Answering:
             await runtime.sync()
             if runtime.projection.session(session_id) is None:
                 raise SessionNotFound(session_id)
-        self._check_backlog(session_id, payload)
+        await self._check_backlog(session_id, payload)
         event = ClientMessage(session_id=session_id, payload=payload)
-        await runtime.log.append([event], worker=runtime.worker_id)
+        [position] = await runtime.log.append([event], worker=runtime.worker_id)
+        self._recorded = max(self._recorded, position)
 
-    def _check_backlog(self, session_id: str, payload: bytes) -> None:
+    async def _check_backlog(self, session_id: str, payload: bytes) -> None:
         """Refuse a message that would take the session's waiting client messages
         past its byte budget. Decided from the folded sizes, as every worker folds
-        them (one a few records behind the log may accept one message more).
+        them, with every message this worker recorded folded first (another
+        worker's, a few records behind, may be missed: one message more accepted).
 
         Raises:
             ProtocolError: 429, the backlog is full.
+            LogUnavailable: the log cannot be read.
         """
+        if self.runtime.projection.position < self._recorded:
+            await self.runtime.sync()
         session = self.runtime.projection.session(session_id)
         budget = self.runtime.settings.pending_bytes_per_session
         if session is not None and session.pending_bytes + len(payload) > budget:
@@ -302,10 +310,11 @@ class Answering:
         event id and log position. Durable when this returns."""
         runtime = self.runtime
         if opening is None:
-            self._check_backlog(session_id, payload)
+            await self._check_backlog(session_id, payload)
         event = ClientMessage(session_id=session_id, payload=payload, answered_by=runtime.worker_id)
         events: list[Event] = [event] if opening is None else [opening, event]
         positions = await runtime.log.append(events, worker=runtime.worker_id)
+        self._recorded = max(self._recorded, positions[-1])
         return event.id, positions[-1]
 
     async def answer(

@@ -60,13 +60,14 @@ async def test_big_calls_across_two_workers_stay_under_the_memory_budget(tmp_pat
 
 
 async def test_a_session_nobody_answers_takes_messages_up_to_its_budget_then_429(
-    tmp_path: Path,
+    shared_log_url: str,
 ) -> None:
     """Its holder killed, the session's messages wait in the log: the survivor accepts
     them up to the byte budget (16 MiB: five of 3 MiB) and refuses the rest with 429
     and a JSON-RPC body. A client resuming the stream there gets every accepted one
-    answered, the survivor reading their payloads back from the log."""
-    url = f"sqlite:///{tmp_path}/log.db"
+    answered, the survivor reading their payloads back from the log. On every
+    backend that workers can share."""
+    url = shared_log_url
     with worker(url) as holder, worker(url) as survivor:
         async with aiohttp.ClientSession() as http:
             async with open_sse(http, holder.url) as (session_id, _):
