@@ -43,6 +43,11 @@ __all__ = ["Answering", "HandlerContext", "MessageHandler", "RelatedSender"]
 
 logger = logging.getLogger("sessionlog.gateway")
 
+# Limits
+# About what the fold keeps of one pending client message besides its bytes (its id,
+# position, time, size): charged against the session's byte budget.
+PENDING_ENTRY_BYTES = 256
+
 # Sends a server message related to the request being handled (a progress or log
 # notification) to wherever that request's answer goes.
 RelatedSender = Callable[[dict[str, Any]], Awaitable[None]]
@@ -282,9 +287,14 @@ class Answering:
         if self.runtime.projection.position < self._recorded:
             await self.runtime.sync()
         session = self.runtime.projection.session(session_id)
+        if session is None:
+            return
         budget = self.runtime.settings.pending_bytes_per_session
-        if session is not None and session.pending_bytes + len(payload) > budget:
-            raise errors.backlog_full(session.pending_bytes, budget)
+        # What every worker's fold keeps of each waiting message counts too, so a
+        # flood of tiny messages is bounded as well as a few big ones.
+        waiting = session.pending_bytes + len(session.pending) * PENDING_ENTRY_BYTES
+        if waiting + len(payload) + PENDING_ENTRY_BYTES > budget:
+            raise errors.backlog_full(waiting, budget)
 
     async def receive(self, session_id: str, payload: bytes, message: Any) -> None:
         """A client message for the session, arriving outside a request that could

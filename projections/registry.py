@@ -288,7 +288,7 @@ class RegistryProjection:
         state = self.state
         state.closed.pop(event.session_id, None)
         replaced = state.sessions.get(event.session_id)
-        if replaced is not None:
+        if replaced is not None and replaced.user is not None:
             self._count_user(replaced.user, -1)
         state.sessions[event.session_id] = SessionState(
             session_id=event.session_id,
@@ -299,20 +299,20 @@ class RegistryProjection:
             opened_by=record.worker,
             last_activity=record.at,
         )
-        self._count_user(event.user, 1)
+        if event.user is not None:
+            self._count_user(event.user, 1)
 
     def _session_closed(self, record: Record, event: SessionClosed) -> None:
         state = self.state
         session = state.sessions.pop(event.session_id, None)
         if session is not None:
-            self._count_user(session.user, -1)
+            if session.user is not None:
+                self._count_user(session.user, -1)
             state.closed[event.session_id] = ClosedSession(event.reason, record.at)
             state.users.pop(event.session_id, None)
-        self._forget_old(record.at)
+        self._forget_closed(record.at - self.closed_retention)
 
-    def _count_user(self, user: str | None, change: int) -> None:
-        if user is None:
-            return
+    def _count_user(self, user: str, change: int) -> None:
         counts = self.state.open_by_user
         count = counts.get(user, 0) + change
         if count > 0:
@@ -320,10 +320,9 @@ class RegistryProjection:
         else:
             counts.pop(user, None)
 
-    def _forget_old(self, now: float) -> None:
-        """Forget sessions closed, and workers silent, for longer than the retention
-        window, as of ``now``: a record's own time, so every fold forgets alike."""
-        horizon = now - self.closed_retention
+    def _forget_closed(self, horizon: float) -> None:
+        """Forget sessions closed before ``horizon`` (a time the records carry, so
+        every fold forgets alike)."""
         closed = self.state.closed
         # Oldest first (insertion order), so this stops at the first one to keep.
         while closed:
@@ -331,9 +330,6 @@ class RegistryProjection:
             if closed[session_id].at >= horizon:
                 break
             del closed[session_id]
-        workers = self.state.workers
-        for name in [name for name, worker in workers.items() if worker.last_seen < horizon]:
-            del workers[name]
 
     def _owner_claimed(self, record: Record, event: OwnerClaimed) -> None:
         session = self._touch(record, event.session_id)
@@ -360,10 +356,7 @@ class RegistryProjection:
         session = self.state.sessions.get(event.session_id)
         if session is not None:  # _touch, inlined: the hottest handlers
             session.last_activity = record.at
-            size = len(event.payload)
-            replaced = session.pending.get(event.id)
-            if replaced is not None:  # the same id again (only in a hand-written log)
-                session.pending_bytes -= replaced.size
+            size = len(event.payload)  # (an event id is in the log once: no replacing)
             session.pending[event.id] = PendingMessage(
                 event.id, record.position, record.at, size, event.answered_by
             )
@@ -412,9 +405,14 @@ class RegistryProjection:
         worker.started_at, worker.stopped_at = record.at, None
 
     def _worker_seen(self, record: Record, event: WorkerHeartbeat) -> None:
-        # apply() already noted the time; a heartbeat is when the fold forgets what
-        # is past retention (as a close is), so an idle log forgets too.
-        self._forget_old(record.at)
+        # apply() already noted the time. A heartbeat is when the fold forgets what
+        # is past the retention window (closes forget closed sessions too), so an
+        # idle log forgets as well: workers silent for that long among it.
+        horizon = record.at - self.closed_retention
+        self._forget_closed(horizon)
+        workers = self.state.workers
+        for name in [name for name, worker in workers.items() if worker.last_seen < horizon]:
+            del workers[name]
 
     def _worker_stopped(self, record: Record, event: WorkerStopped) -> None:
         self.state.workers[record.worker].stopped_at = record.at

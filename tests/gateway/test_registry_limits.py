@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from eventlog import MessageHandled, SessionOpened
 from gateway import SessionRegistry
+from gateway.answering import PENDING_ENTRY_BYTES
 from gateway.app import build_app
 from gateway.protocol import ProtocolError
 from gateway.settings import Settings
@@ -103,7 +104,9 @@ async def test_pending_bytes_past_the_budget_are_refused_alike_on_every_worker(
     """Nobody answers the session here (no stream is held), so its messages wait;
     past the byte budget both workers refuse the next one, from the same folded
     sizes, and once one is answered there is room again."""
-    settings = Settings(pending_bytes_per_session=3_000)
+    message = b'{"jsonrpc":"2.0","method":"notifications/x","params":{"p":"%s"}}' % (b"x" * 900)
+    # Room for three: each counts its bytes and what the fold keeps of it.
+    settings = Settings(pending_bytes_per_session=3 * (len(message) + PENDING_ENTRY_BYTES))
     url = log_url(tmp_path)
     first = SessionRegistry(log_url=url, worker_id="w1", settings=settings)
     second = SessionRegistry(log_url=url, worker_id="w2", settings=settings)
@@ -114,7 +117,6 @@ async def test_pending_bytes_past_the_budget_are_refused_alike_on_every_worker(
         session_id = "s"
         opened = SessionOpened(session_id=session_id, transport="sse")
         await runtime.log.append([opened], worker="w1")
-        message = b'{"jsonrpc":"2.0","method":"notifications/x","params":{"p":"%s"}}' % (b"x" * 900)
         await first.broadcast(session_id, message)
         await second.broadcast(session_id, message)
         await first.broadcast(session_id, message)
