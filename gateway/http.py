@@ -14,6 +14,7 @@ from aiohttp import web
 from projections import SessionState
 
 from .auth import Authenticator, AuthError
+from .errors import WorkerStopping
 from .protocol import ProtocolError, errors
 from .runtime import WorkerRuntime
 from .settings import LOOPBACK_HOSTS, Settings
@@ -88,6 +89,8 @@ def guards(settings: Settings, authenticator: Authenticator | None) -> list[Any]
             return await handler(request)
         except ProtocolError as error:
             return error_reply(error)
+        except WorkerStopping:
+            return error_reply(errors.worker_stopping())
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise

@@ -97,6 +97,12 @@ class Settings:
     sweep_interval: float = _setting(
         30.0, "seconds between looks for what has expired", group=_LIMITS, parse=float
     )
+    restart_delay: float = _setting(
+        0.5,
+        "seconds before restarting a crashed worker (--workers); doubles in a crash loop, to 30",
+        group=_LIMITS,
+        parse=float,
+    )
     snapshot_every: int = _setting(
         10_000, "records between snapshots of the registry", group=_LIMITS, parse=int
     )

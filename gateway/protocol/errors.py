@@ -53,6 +53,7 @@ __all__ = [
     "unsupported_modern_version",
     "unsupported_version_header",
     "upstream_unavailable",
+    "worker_stopping",
 ]
 
 # The 2026-07-28 revision maps these JSON-RPC codes to HTTP statuses, whoever raised
@@ -218,6 +219,13 @@ def upstream_unavailable(reason: str) -> ProtocolError:
     """The upstream MCP server cannot be asked what it serves (502, a retry hint)."""
     return ProtocolError(
         502, INTERNAL_ERROR, f"upstream unavailable: {reason}", headers={"Retry-After": "1"}
+    )
+
+
+def worker_stopping() -> ProtocolError:
+    """This worker is stopping; another (or this one, restarted) will serve a retry."""
+    return ProtocolError(
+        503, INTERNAL_ERROR, "this worker is stopping; retry", headers={"Retry-After": "1"}
     )
 
 
