@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
+import signal
 import sys
 from typing import Any
 
@@ -14,6 +16,7 @@ from eventlog import EventLogError, redact_url
 
 from . import replay
 from .app import build_app
+from .connections import ACCEPT_BACKLOG, GatewayRunner
 from .operations import JsonLogFormatter
 from .settings import DEFAULT_LOG, Settings, options
 from .supervisor import SUPERVISOR_FD, supervise, watch_supervisor
@@ -114,23 +117,34 @@ def serve(settings: Settings, *, supervisor: int | None = None) -> int:
 
         app.on_startup.append(watch)
 
-    def serving(_: str) -> None:
-        # Said once the log is open and the port bound, never before a failure.
-        base = f"http://{settings.host}:{settings.port}"
-        print(f"sessionlog: MCP at {base}/mcp (Streamable HTTP) and {base}/sse (HTTP+SSE)")
-        print(f"sessionlog: log {redact_url(settings.log_url)}", flush=True)
+    async def run() -> None:
+        access_log = logging.getLogger("aiohttp.access") if settings.access_log else None
+        runner = GatewayRunner(app, settings, access_log)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            await runner.setup()
+            site = web.TCPSite(
+                runner,
+                settings.host,
+                settings.port,
+                backlog=ACCEPT_BACKLOG,
+                reuse_port=reuse_port,
+            )
+            await site.start()
+            if not reuse_port:
+                # Said once the log is open and the port bound, never before a failure.
+                base = f"http://{settings.host}:{settings.port}"
+                print(f"sessionlog: MCP at {base}/mcp (Streamable HTTP) and {base}/sse (HTTP+SSE)")
+                print(f"sessionlog: log {redact_url(settings.log_url)}", flush=True)
+            await stop.wait()
+        finally:
+            await runner.cleanup()
 
     try:
-        # handler_cancellation: a client that goes away ends its stream's handler at once.
-        web.run_app(
-            app,
-            host=settings.host,
-            port=settings.port,
-            print=None if reuse_port else serving,
-            handler_cancellation=True,
-            reuse_port=reuse_port,
-            access_log=logging.getLogger("aiohttp.access") if settings.access_log else None,
-        )
+        asyncio.run(run())
     except (EventLogError, OSError) as exc:  # the log or the port, at start-up: one line
         print(f"sessionlog serve: {exc}", file=sys.stderr)
         return 1
