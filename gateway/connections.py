@@ -50,8 +50,9 @@ logger = logging.getLogger("sessionlog.gateway")
 
 # Limits
 FD_RESERVE = 64  # file descriptors left for the log, upstream connections and files
-# Connections accepted at once, before any is counted (asyncio accepts up to the
-# listen backlog in one go): room for them is left in the descriptor limit too.
+# The listen backlog. asyncio accepts up to this many connections in one go, and may
+# do so twice before the first are counted (or closed to make room): room for two
+# such bursts is left in the descriptor limit.
 ACCEPT_BACKLOG = 128
 # Timeouts
 LOG_EVERY = 10.0  # s between two log lines about the same trouble
@@ -119,7 +120,7 @@ def connection_limit(settings: Settings) -> int:
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return 10_000
-    return max(soft - FD_RESERVE - ACCEPT_BACKLOG, 1)
+    return max(soft - FD_RESERVE - 2 * ACCEPT_BACKLOG, 1)
 
 
 class ConnectionCap:
