@@ -224,6 +224,43 @@ async def test_an_event_stream_outlives_the_read_timeouts(tmp_path: Path) -> Non
                 assert orjson.loads(event["data"]) == {"jsonrpc": "2.0", "id": 2, "result": {}}
 
 
+async def test_a_kept_alive_connection_that_stalls_in_its_next_request_is_cut_off(
+    tmp_path: Path,
+) -> None:
+    with worker(tmp_path, "--header-timeout", "0.2") as served:
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+        try:
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            async with asyncio.timeout(HANG_GUARD):
+                head = await reader.readuntil(b"\r\n\r\n")
+                assert status_of(head) == 200, head
+                await reader.readexactly(
+                    int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                )
+                # Kept alive: the next request starts, and stops halfway.
+                writer.write(b"GET /healthz HTTP/1.1\r\nHo")
+                assert await reader.read() == b""
+        finally:
+            writer.close()
+
+
+async def test_a_streamable_http_stream_outlives_the_read_timeouts(tmp_path: Path) -> None:
+    with worker(tmp_path, "--header-timeout", "0.2") as served:
+        async with aiohttp.ClientSession() as http, attack(served.port) as attacker:
+            session_id = await initialize(http, served.url)
+            headers = {"Accept": "text/event-stream", "Mcp-Session-Id": session_id}
+            async with http.get(f"{served.url}/mcp", headers=headers) as stream:
+                assert stream.status == 200
+                await anext_event(stream)  # the priming event
+                await attacker.half_headers(1)
+                await attacker.answers()  # the header timeout fired
+                # The stream is still the session's: a second one is refused.
+                async with http.get(f"{served.url}/mcp", headers=headers) as second:
+                    assert second.status == 409
+                await ping(http, served.url, session_id)
+                assert not stream.content.at_eof()
+
+
 async def anext_event(stream: aiohttp.ClientResponse) -> dict[str, str]:
     fields: dict[str, str] = {}
     async with asyncio.timeout(HANG_GUARD):
