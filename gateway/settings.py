@@ -84,7 +84,7 @@ class Settings:
     max_connections: int = _setting(
         0,
         "open connections of one worker; past it, one waiting longest for its client's "
-        "request is dropped, or the new one refused (0: the file descriptor limit less 64)",
+        "request is dropped, or the new one refused (0: the file descriptor limit less 320)",
         group=_LIMITS,
         parse=int,
     )
