@@ -114,7 +114,7 @@ class Occasional:
 
 def connection_limit(settings: Settings) -> int:
     """The worker's cap on open connections: the setting, or by default as many as
-    its file descriptor limit leaves room for, with a burst of accepts on top."""
+    its file descriptor limit leaves room for, with two bursts of accepts on top."""
     if settings.max_connections > 0:
         return settings.max_connections
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -134,9 +134,6 @@ class ConnectionCap:
         self._open: set[Connection] = set()
         # Connections waiting for their client, longest-waiting first.
         self._waiting: dict[Connection, None] = {}
-
-    def __len__(self) -> int:
-        return len(self._open)
 
     def admit(self, connection: Connection) -> bool:
         if len(self._open) >= self.limit:
@@ -229,7 +226,15 @@ class Connection(web.RequestHandler):
     # Told by the gateway's outermost middleware and by read_body.
 
     def request_started(self) -> None:
-        """Called in the request's handler."""
+        """Called in the request's handler.
+
+        Raises:
+            asyncio.CancelledError: the connection was dropped between its request
+                arriving and its handler starting: the handler ends as if the
+                client had gone away.
+        """
+        if self.transport is None:
+            raise asyncio.CancelledError
         self._request = asyncio.current_task()
         self._cancel_headers_due()
         self._cap.serving(self)
