@@ -126,6 +126,11 @@ class RegistryState(msgspec.Struct, kw_only=True):
     # Why sessions closed, kept so a late reader can say "closed (expired)" rather
     # than "unknown"; bounded by the number of sessions ever opened in the log.
     closed: dict[str, str] = {}
+    # The last record folded (its position, event id and append time): a log rolled
+    # back and written again has another record there (see gateway.lineage).
+    last_position: int = 0
+    last_id: str = ""
+    last_at: float = 0.0
 
 
 class RegistryProjection:
@@ -166,7 +171,8 @@ class RegistryProjection:
         state = self.state
         if record.position <= state.position:
             return False
-        state.position = record.position
+        state.position = state.last_position = record.position
+        state.last_id, state.last_at = record.event.id, record.at
         worker = state.workers.get(record.worker)
         if worker is None:
             worker = state.workers[record.worker] = WorkerState(worker=record.worker)
@@ -207,11 +213,13 @@ class RegistryProjection:
         applied = 0
         name: str | None = None
         worker: WorkerState | None = None
+        last: Record | None = None
         try:
             for record in records:
                 if record.position <= position:
                     continue
                 position = record.position
+                last = record
                 applied += 1
                 if record.worker != name:
                     name = record.worker
@@ -228,6 +236,9 @@ class RegistryProjection:
                 handlers[kind](record, event)
         finally:
             state.position = position
+            if last is not None:
+                state.last_position = last.position
+                state.last_id, state.last_at = last.event.id, last.at
         return applied
 
     # -- queries -----------------------------------------------------------------
