@@ -132,10 +132,11 @@ end
 return results
 """
 
-# KEYS: the snapshot hash. ARGV: position, data. Keeps the newest only.
+# KEYS: the snapshot hash. ARGV: position, data, replace ('1': whatever is stored).
+# Keeps the newest only, unless told to replace.
 _SAVE_SNAPSHOT = """
 local current = redis.call('HGET', KEYS[1], 'position')
-if not current or tonumber(current) < tonumber(ARGV[1]) then
+if ARGV[3] == '1' or not current or tonumber(current) < tonumber(ARGV[1]) then
   redis.call('HSET', KEYS[1], 'position', ARGV[1], 'data', ARGV[2])
 end
 """
@@ -285,9 +286,10 @@ class RedisEventLog(EventLog):
             head = await self._redis.get(self._keys[1])
         return int(head or 0)
 
-    async def _save_snapshot(self, name: str, position: int, data: bytes) -> None:
+    async def _save_snapshot(self, name: str, position: int, data: bytes, replace: bool) -> None:
+        keys, args = [self._snapshot_prefix + name], [position, data, int(replace)]
         with self._translate_errors():
-            await self._save_snapshot_script([self._snapshot_prefix + name], [position, data])
+            await self._save_snapshot_script(keys, args)
 
     async def _load_snapshot(self, name: str) -> bytes | None:
         with self._translate_errors():
