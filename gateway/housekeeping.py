@@ -59,6 +59,7 @@ class Housekeeping:
     async def heartbeat(self) -> None:
         runtime = self.runtime
         await runtime.log.append([WorkerHeartbeat()], worker=runtime.worker_id)
+        await runtime.lineage.check()  # is the log still the one folded here?
 
     def notice_dead_workers(self) -> None:
         """Once a worker is seen dead, the messages it was answering within their
