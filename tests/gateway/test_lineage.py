@@ -12,9 +12,12 @@ import shutil
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+import aiohttp
 import asyncpg
+import orjson
 import pytest
 import redis.asyncio as aioredis
 
@@ -23,6 +26,7 @@ from gateway import SessionRegistry
 from gateway.reading import state_at, timeline
 from gateway.settings import Settings
 from gateway.testing.servers import RedisServer
+from gateway.testing.serving import serve
 from projections import SNAPSHOT_NAME, decode_snapshot
 from tests.gateway.helpers import HANG_GUARD, FakeClock, RecordingTransport, request
 
@@ -286,3 +290,92 @@ async def test_a_redis_restarted_from_an_older_file_is_noticed_when_the_tail_com
             await worker.shutdown()
     finally:
         server.stop()
+
+
+async def sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, str]]:
+    """(event, data) pairs from a text/event-stream response; comments skipped."""
+    event, data = "message", []
+    async for raw in response.content:
+        line = raw.decode().rstrip("\r\n")
+        if not line:
+            if data:
+                yield event, "\n".join(data)
+            event, data = "message", []
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())
+
+
+async def answers(events: AsyncIterator[tuple[str, str]], count: int) -> list[int]:
+    """The ids of the next ``count`` answers on a stream."""
+    found = []
+    for _ in range(count):
+        event, data = await asyncio.wait_for(anext(events), HANG_GUARD)
+        assert event == "message"
+        found.append(orjson.loads(data)["id"])
+    return found
+
+
+async def ping(http: aiohttp.ClientSession, url: str, request_id: int) -> None:
+    async with http.post(url, json=request(request_id, "ping")) as posted:
+        assert posted.status == 202, await posted.text()
+
+
+async def readiness(http: aiohttp.ClientSession, worker: str) -> tuple[int, dict[str, Any]]:
+    async with http.get(f"{worker}/readyz") as ready:
+        return ready.status, await ready.json()
+
+
+async def lineage_resets(http: aiohttp.ClientSession, worker: str) -> float:
+    async with http.get(f"{worker}/metrics") as metrics:
+        text = await metrics.text()
+    [line] = [x for x in text.splitlines() if x.startswith("sessionlog_lineage_resets_total ")]
+    return float(line.split()[1])
+
+
+async def test_two_serving_workers_answer_everything_in_a_rolled_back_log(
+    shared_log_url: str,
+) -> None:
+    """Two `sessionlog serve` processes; the log rolled back under them: each says
+    it is not ready, then is again; a session opened on one is found on the other;
+    every client message in the log is answered; a stream whose session the
+    rollback took ends, one whose session is still there goes on."""
+    rollback = Rollback(shared_log_url)
+    with serve(shared_log_url) as a, serve(shared_log_url) as b:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{a}/sse") as kept:
+                kept_events = sse_events(kept)
+                _, endpoint = await asyncio.wait_for(anext(kept_events), HANG_GUARD)
+                for i in range(3):
+                    await ping(http, f"{b}{endpoint}", i)
+                assert await answers(kept_events, 3) == [0, 1, 2]
+                await rollback.save()
+                async with http.get(f"{b}/sse") as lost:
+                    lost_events = sse_events(lost)
+                    await asyncio.wait_for(anext(lost_events), HANG_GUARD)
+                    for i in range(3, 40):  # what the rollback takes back
+                        await ping(http, f"{b}{endpoint}", i)
+                    assert await answers(kept_events, 37) == list(range(3, 40))
+                    await rollback.restore()
+                    for worker in (a, b):
+                        # Its head below the fold: not ready, and folding again.
+                        status, body = await readiness(http, worker)
+                        assert status == 503, body
+                        async with asyncio.timeout(HANG_GUARD):
+                            while status != 200:  # polls for a real change
+                                status, body = await readiness(http, worker)
+                        assert await lineage_resets(http, worker) == 1
+                    # The rollback took the session of this stream: it ends.
+                    async with asyncio.timeout(HANG_GUARD):
+                        async for _ in lost_events:
+                            pass
+                for i in range(40, 45):
+                    await ping(http, f"{b}{endpoint}", i)
+                assert await answers(kept_events, 5) == list(range(40, 45))
+                async with http.get(f"{a}/sse") as opened:
+                    opened_events = sse_events(opened)
+                    _, other = await asyncio.wait_for(anext(opened_events), HANG_GUARD)
+                    await ping(http, f"{b}{other}", 99)  # found on b, opened on a
+                    assert await answers(opened_events, 1) == [99]
+    assert await unanswered(shared_log_url) == []
