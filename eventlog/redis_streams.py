@@ -197,8 +197,12 @@ class RedisEventLog(EventLog):
         # Timeouts
         block: float = 5.0,
         connect_timeout: float = 5.0,
+        wait_timeout: float = 1.0,
         # Limits
         max_connections: int = 8,
+        # Durability: a commit is acknowledged only once this many replicas have it
+        # (WAIT), so a failover to one of them loses nothing acknowledged.
+        wait_replicas: int = 0,
     ) -> None:
         super().__init__(url=redact(url), clock=clock, read_only=read_only)
         check_namespace(namespace)
@@ -225,6 +229,7 @@ class RedisEventLog(EventLog):
         for command in ("XRANGE", "XREAD"):
             self._redis.set_response_callback(command, _raw)
         self._save_snapshot_script = self._redis.register_script(_SAVE_SNAPSHOT)
+        self._wait_replicas, self._wait_timeout = wait_replicas, wait_timeout
 
     async def _open(self) -> None:
         with self._translate_errors():
@@ -253,7 +258,10 @@ class RedisEventLog(EventLog):
                 args += ["r", operation.key, operation.worker]
                 args += [operation.event.event_id, operation.event.data]
         with self._translate_errors():
-            replies = await self._commit_script(self._keys, args)
+            if self._wait_replicas:
+                replies = await self._commit_replicated(args)
+            else:
+                replies = await self._commit_script(self._keys, args)
         results: list[object] = []
         for operation, reply in zip(operations, replies, strict=True):
             if isinstance(operation, Append):
@@ -263,6 +271,22 @@ class RedisEventLog(EventLog):
             else:
                 results.append(bool(reply))
         return results
+
+    async def _commit_replicated(self, args: list[Any]) -> Any:
+        """The commit, then WAIT on the same connection: WAIT counts the replicas
+        that have that connection's writes."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            await self._commit_script(self._keys, args, client=pipe)
+            pipe.execute_command("WAIT", self._wait_replicas, int(self._wait_timeout * 1000))
+            replies, replicas = await pipe.execute()
+        if replicas < self._wait_replicas:
+            # Written here, maybe lost by a failover: not acknowledged (a retry with
+            # the same event ids stores nothing twice).
+            raise LogUnavailable(
+                f"{self.url}: {replicas} of {self._wait_replicas} replicas had the commit "
+                f"after {self._wait_timeout} s"
+            )
+        return replies
 
     async def _read_rows(self, after: int, limit: int) -> list[LogRow]:
         with self._translate_errors():
