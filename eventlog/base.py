@@ -22,7 +22,7 @@ from typing import NamedTuple
 import msgspec
 
 from .codec import Record, decode_records, encode_event
-from .errors import CodecError, EventLogError, LogUnavailable
+from .errors import CodecError, EventLogError, LogRolledBack, LogUnavailable
 from .events import Event, OwnerClaimed, OwnerReleased, Role
 
 __all__ = [
@@ -243,6 +243,7 @@ class EventLog(ABC):
         *,
         limit: int = 1000,
         resumed: Callable[[], Awaitable[None]] | None = None,
+        after_at: float | None = None,
     ) -> AsyncIterator[tuple[list[Record], int]]:
         """Yield the records after ``after`` a page at a time, each with the position
         it reaches (past records that could not be decoded), then wait for new ones,
@@ -253,8 +254,15 @@ class EventLog(ABC):
         the backend is down the tail retries with backoff and resumes where it was.
         ``resumed`` is awaited before each retry (a LogUnavailable from it counts as
         the backend still down): a backend that comes back may have come back older.
+
+        Each read takes the record at the position reached too, and raises
+        :class:`LogRolledBack` if that is not the record read before (for the first
+        read, if ``after_at`` is given, not one appended at ``after_at``): the log
+        was rolled back behind this tail and written again. (A rollback that the
+        log has not yet grown past shows as nothing to read; the reader asks
+        :meth:`head`.)
         """
-        position = after
+        position, at = after, after_at
         delay = 0.01
         failed = False
         while not self._closed:  # a closed log ends its tails
@@ -273,7 +281,14 @@ class EventLog(ABC):
                 continue
             delay = 0.01
             failed = False
-            position = rows[-1][0]
+            if position:
+                read_before = rows[0]
+                if read_before[0] != position or (at is not None and read_before[1] != at):
+                    raise LogRolledBack(
+                        f"{self.url}: the record at {position} is not the one read before"
+                    )
+                rows = rows[1:]
+            position, at = rows[-1][0], rows[-1][1]
             yield self._decode(rows), position
 
     async def head(self) -> int:
@@ -377,12 +392,14 @@ class EventLog(ABC):
         await self._wakeup.wait(generation, None)
 
     async def _tail_rows(self, after: int, limit: int) -> list[LogRow]:
-        """Return at least one row after ``after``, waiting as long as it takes."""
+        """Return the row at ``after`` (unless ``after`` is 0, or it is not there),
+        then at least one row after it, waiting as long as it takes."""
+        overlap = 1 if after else 0
         while True:
             generation = self._wakeup.generation
             self.stats.queries += 1
-            rows = await self._read_rows(after, limit)
-            if rows:
+            rows = await self._read_rows(after - overlap, limit + overlap)
+            if len(rows) > overlap:
                 return rows
             await self._wait(after, generation)
 

@@ -297,13 +297,16 @@ class RedisEventLog(EventLog):
         while True:
             self.stats.queries += 1
             with self._translate_errors():
-                reply = await self._redis.xread(
-                    {self._stream: f"0-{after}"}, count=limit, block=self._block_ms
-                )
+                # The entry at ``after`` read once the new ones came, in one round trip.
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    pipe.xread({self._stream: f"0-{after}"}, count=limit, block=self._block_ms)
+                    if after:
+                        pipe.xrange(self._stream, f"0-{after}", f"0-{after}")
+                    reply, *read_before = await pipe.execute()
             if reply:
                 # One stream asked for: RESP3 answers a map, RESP2 a list of pairs.
                 (_, entries) = next(iter(reply.items())) if isinstance(reply, dict) else reply[0]
-                return _rows(entries)
+                return _rows(read_before[0] if read_before else []) + _rows(entries)
 
     async def _head(self) -> int:
         with self._translate_errors():

@@ -42,7 +42,10 @@ REFOLD_RETRY_MAX = 2.0  # seconds between attempts to fold again while the log i
 class Lineage:
     def __init__(self, runtime: WorkerRuntime) -> None:
         self.runtime = runtime
-        self.resets = 0  # times this worker found its log rolled back and folded it again
+        # Times this worker found its log rolled back and folded it again (counted once
+        # done: a check that began before a re-fold ended tells by it that it looked
+        # at the old fold).
+        self.resets = 0
         self.last_recovery: float | None = None  # seconds the last re-fold took
         self._recovery: asyncio.Task[None] | None = None
         self._suspected: asyncio.Task[None] | None = None
@@ -58,8 +61,13 @@ class Lineage:
         Raises:
             LogUnavailable: the log cannot be read.
         """
-        if not self.recovering and await holds(self.runtime.log, self.runtime.projection.state):
-            return
+        while not self.recovering:
+            refolds = self.resets
+            if await holds(self.runtime.log, self.runtime.projection.state):
+                return
+            if refolds == self.resets:
+                break
+            # Folded again while this looked at the old fold: look at the new one.
         await self.broken("it no longer holds the last record folded")
 
     def suspect(self) -> None:
@@ -86,7 +94,6 @@ class Lineage:
         runtime = self.runtime
         began = time.monotonic()
         folded = runtime.projection.position
-        self.resets += 1
         runtime.problems["lineage"] = f"the log was rolled back: {why}; folding it again"
         logger.warning(
             "worker %s: the log is not the one folded here up to position %d (%s): "
@@ -104,6 +111,7 @@ class Lineage:
                 logger.warning("folding the log again: %s", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, REFOLD_RETRY_MAX)
+        self.resets += 1
         await self._settle()
         self.last_recovery = time.monotonic() - began
         del runtime.problems["lineage"]

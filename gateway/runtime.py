@@ -22,7 +22,15 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from eventlog import EventLog, LogUnavailable, Record, ServerMessage, WorkerStarted, WorkerStopped
+from eventlog import (
+    EventLog,
+    LogRolledBack,
+    LogUnavailable,
+    Record,
+    ServerMessage,
+    WorkerStarted,
+    WorkerStopped,
+)
 from projections import (
     SERVER_HISTORY,
     SNAPSHOT_NAME,
@@ -201,18 +209,24 @@ class WorkerRuntime:
             return self._head
 
     async def _follow(self) -> None:
-        tail = self.log.tail_pages(after=self.projection.position, resumed=self.lineage.check)
-        async for records, reached in tail:
-            apply = self.projection.apply
-            for record in records:
-                apply(record)
-            self.projection.advance(reached)
-            self._wake(reached)
-            if reached // self.settings.snapshot_every > self._snapshot_mark:
-                await self._save_snapshot()
-            # What the page set going (a handler, a stream's send) runs before the
-            # tail's next read is sent, which costs the driver more than it waits.
-            await asyncio.sleep(0)
+        state = self.projection.state
+        last_at = state.last_at if state.last_position == state.position else None
+        tail = self.log.tail_pages(state.position, resumed=self.lineage.check, after_at=last_at)
+        try:
+            async for records, reached in tail:
+                apply = self.projection.apply
+                for record in records:
+                    apply(record)
+                self.projection.advance(reached)
+                self._wake(reached)
+                if reached // self.settings.snapshot_every > self._snapshot_mark:
+                    await self._save_snapshot()
+                # What the page set going (a handler, a stream's send) runs before the
+                # tail's next read is sent, which costs the driver more than it waits.
+                await asyncio.sleep(0)
+        except LogRolledBack as exc:
+            # Not awaited: the recovery replaces this tail.
+            self.spawn(self.lineage.broken(str(exc)))
 
     def _wake(self, position: float) -> None:
         waiting = self._waiting

@@ -21,7 +21,14 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from eventlog import ClientMessage, LogUnavailable, MessageHandled, ServerMessage, open_log
+from eventlog import (
+    ClientMessage,
+    LogUnavailable,
+    MessageHandled,
+    ServerMessage,
+    WorkerHeartbeat,
+    open_log,
+)
 from gateway import SessionRegistry
 from gateway.reading import state_at, timeline
 from gateway.settings import Settings
@@ -120,14 +127,15 @@ async def unanswered(url: str) -> list[str]:
 
 
 class Refolded(logging.Handler):
-    """Set once a worker says it folded the log again."""
+    """Set once the worker ``worker_id`` says it folded the log again."""
 
-    def __init__(self) -> None:
+    def __init__(self, worker_id: str) -> None:
         super().__init__()
+        self.said = f"worker {worker_id}: log folded again"
         self.event = asyncio.Event()
 
     def emit(self, record: logging.LogRecord) -> None:
-        if "log folded again" in record.getMessage():
+        if record.getMessage().startswith(self.said):
             self.event.set()
 
 
@@ -206,6 +214,43 @@ async def test_every_worker_folds_a_rolled_back_log_again_and_answers_what_it_ho
     await asyncio.wait_for(responder, HANG_GUARD)
 
 
+async def test_a_log_written_past_the_fold_after_a_rollback_is_noticed_by_the_tail(
+    shared_log_url: str,
+    workers: tuple[SessionRegistry, SessionRegistry],
+) -> None:
+    """No heartbeat, no append here, no head read: the log grows past the position a
+    worker folded before it looks, and its tail finds another record there."""
+    a, _ = workers
+    held = RecordingTransport("s1")
+    await a.add_session("s1", held)
+    responder = asyncio.create_task(a.respond(None, {}, "s1"))
+    rollback = Rollback(shared_log_url)
+    await rollback.save()
+    for i in range(5):
+        await a.broadcast("s1", request(i, "ping"))
+    await held.wait_for(5)
+    refolded = Refolded("a")
+    logging.getLogger("sessionlog.gateway").addHandler(refolded)
+    try:
+        await rollback.restore()
+        async with await open_log(shared_log_url) as other:
+            await other.append([WorkerHeartbeat() for _ in range(50)], worker="other")
+        await asyncio.wait_for(refolded.event.wait(), HANG_GUARD)
+    finally:
+        logging.getLogger("sessionlog.gateway").removeHandler(refolded)
+    assert a.runtime.lineage.resets == 1
+    await a.runtime.sync()
+    assert (
+        a.runtime.projection.state.last_id
+        == (await a.runtime.log.read(a.runtime.projection.position - 1, 1))[0].event.id
+    )
+    await a.broadcast("s1", request(5, "ping"))
+    assert [m["id"] for m in await held.wait_for(6)][5:] == [5]
+    assert await unanswered(shared_log_url) == []
+    await a.remove_session("s1")
+    await asyncio.wait_for(responder, HANG_GUARD)
+
+
 async def test_a_snapshot_of_a_log_rolled_back_behind_it_is_passed_over_and_replaced(
     tmp_path: Path,
 ) -> None:
@@ -268,7 +313,7 @@ async def test_a_redis_restarted_from_an_older_file_is_noticed_when_the_tail_com
             await after_restart(lambda: worker.add_session("s2", RecordingTransport("s2")))
             await worker.broadcast("s1", request(1, "ping"))
             await held.wait_for(1)
-            refolded = Refolded()
+            refolded = Refolded("a")
             logging.getLogger("sessionlog.gateway").addHandler(refolded)
             try:
                 server.kill()
