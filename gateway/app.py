@@ -9,7 +9,7 @@ from aiohttp import web
 from . import operations, sse, streamable_http, tools
 from .auth import build_authenticator
 from .dispatch import Dispatcher
-from .http import MAX_BODY, guards
+from .http import BODY_TIMEOUT, MAX_BODY, guards
 from .registry import SessionRegistry
 from .settings import Settings
 from .stateless import STATELESS, BuiltIn, StatelessBackend, StatelessServer
@@ -46,6 +46,7 @@ def build_app(settings: Settings, *, worker_id: str | None = None) -> web.Applic
     metrics = operations.Metrics(registry)
     limits = StreamLimits(settings.max_streams_per_identity, settings.max_sessions)
     app = web.Application(client_max_size=MAX_BODY, middlewares=guards(settings, authenticator))
+    app[BODY_TIMEOUT] = settings.body_timeout
     sse.add_routes(app, registry, limits)
     streamable_http.add_routes(app, registry, limits)
     operations.add_routes(app, registry, metrics)

@@ -147,11 +147,18 @@ class HeldStreams:
         log, worker = self.runtime.log, self.runtime.worker_id
         await asyncio.gather(*(log.release(each, worker, reason=reason) for each in held))
 
-    async def close(self, session_id: str, reason: CloseReason) -> None:
-        """Disconnect the stream, give up ownership, record why the session closed."""
+    async def close(self, session_id: str, reason: CloseReason, *, if_held: bool = False) -> None:
+        """Disconnect the stream, give up ownership, record why the session closed.
+
+        ``if_held``: only if this worker still holds the session in the log. A stream
+        that ended here (its client gone, a send failed) leaves the session to the
+        worker that took it over meanwhile, while this one was frozen or cut off.
+        """
         runtime = self.runtime
         await self.drop(session_id, disconnect=True)
-        await runtime.log.release(session_id, runtime.worker_id)
+        released = await runtime.log.release(session_id, runtime.worker_id)
+        if if_held and not released:
+            return
         await runtime.sync()
         if runtime.projection.session(session_id) is not None:
             closed = SessionClosed(session_id=session_id, reason=reason)
@@ -165,7 +172,7 @@ class HeldStreams:
         """Close the sessions whose client went away without a word."""
         for session_id, held in list(self._held.items()):
             if not await held.transport.is_connected():
-                await self.close(session_id, "disconnected")
+                await self.close(session_id, "disconnected", if_held=True)
 
     async def drop(self, session_id: str, *, disconnect: bool) -> None:
         held = self._held.pop(session_id, None)
@@ -256,6 +263,7 @@ class HeldStreams:
                     exc,
                     extra={"session_id": session_id},
                 )
-                self.runtime.spawn_recorded(session_id, self.close(session_id, "disconnected"))
+                closing = self.close(session_id, "disconnected", if_held=True)
+                self.runtime.spawn_recorded(session_id, closing)
 
         return send

@@ -81,7 +81,20 @@ class Settings:
     max_sessions: int = _setting(
         10_000, "open sessions a worker creates new ones up to", group=_LIMITS, parse=int
     )
+    max_connections: int = _setting(
+        0,
+        "open connections of one worker; past it, one waiting longest for its client's "
+        "request is dropped, or the new one refused (0: the file descriptor limit less 320)",
+        group=_LIMITS,
+        parse=int,
+    )
     # Timeouts, in seconds
+    header_timeout: float = _setting(
+        5.0, "seconds a client may take to send a request's headers", group=_LIMITS, parse=float
+    )
+    body_timeout: float = _setting(
+        10.0, "seconds a client may take to send a request's body", group=_LIMITS, parse=float
+    )
     session_ttl: float = _setting(
         3600.0, "seconds an unheld session may idle before it expires", group=_LIMITS, parse=float
     )
@@ -96,6 +109,12 @@ class Settings:
     )
     sweep_interval: float = _setting(
         30.0, "seconds between looks for what has expired", group=_LIMITS, parse=float
+    )
+    restart_delay: float = _setting(
+        0.5,
+        "seconds before restarting a crashed worker (--workers); doubles in a crash loop, to 30",
+        group=_LIMITS,
+        parse=float,
     )
     snapshot_every: int = _setting(
         10_000, "records between snapshots of the registry", group=_LIMITS, parse=int

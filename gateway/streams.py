@@ -171,6 +171,6 @@ async def hold_stream(
         with contextlib.suppress(LogUnavailable):
             if runtime.streams.transport(session_id) is transport:
                 if on_end == "close":
-                    await runtime.streams.close(session_id, "disconnected")
+                    await runtime.streams.close(session_id, "disconnected", if_held=True)
                 else:
                     await runtime.streams.release(session_id, "disconnected")

@@ -30,6 +30,7 @@ from .versions import ALL_VERSIONS
 __all__ = [
     "ProtocolError",
     "bad_host",
+    "bad_http",
     "bad_origin",
     "body_too_large",
     "conflicting_stream",
@@ -44,7 +45,10 @@ __all__ = [
     "not_acceptable",
     "parse_error",
     "refused",
+    "request_timeout",
     "session_required",
+    "too_deep",
+    "too_many_connections",
     "too_many_sessions",
     "too_many_streams",
     "unauthorized",
@@ -53,6 +57,7 @@ __all__ = [
     "unsupported_modern_version",
     "unsupported_version_header",
     "upstream_unavailable",
+    "worker_stopping",
 ]
 
 # The 2026-07-28 revision maps these JSON-RPC codes to HTTP statuses, whoever raised
@@ -113,6 +118,10 @@ def parse_error() -> ProtocolError:
     return ProtocolError(400, PARSE_ERROR, "Parse error: the body is not JSON")
 
 
+def too_deep(limit: int) -> ProtocolError:
+    return invalid_request(f"nested deeper than {limit} levels")
+
+
 def invalid_request(message: str, request_id: Any = None) -> ProtocolError:
     return ProtocolError(400, INVALID_REQUEST, f"Invalid Request: {message}", request_id=request_id)
 
@@ -137,6 +146,16 @@ def unsupported_content_type() -> ProtocolError:
 
 def not_acceptable(needed: str) -> ProtocolError:
     return ProtocolError(406, INVALID_REQUEST, f"Accept must include {needed}")
+
+
+def bad_http(message: str) -> ProtocolError:
+    """A request aiohttp's HTTP parser refused (a malformed request line or header,
+    headers over the size limit), before any handler saw it."""
+    return ProtocolError(400, INVALID_REQUEST, f"Bad HTTP request: {message}")
+
+
+def request_timeout(what: str, seconds: float) -> ProtocolError:
+    return ProtocolError(408, INVALID_REQUEST, f"the {what} did not arrive within {seconds:g} s")
 
 
 def refused(status: int, message: str) -> ProtocolError:
@@ -214,10 +233,26 @@ def too_many_sessions() -> ProtocolError:
     )
 
 
+def too_many_connections(limit: int) -> ProtocolError:
+    return ProtocolError(
+        503,
+        INTERNAL_ERROR,
+        f"too many open connections: at most {limit} per worker; retry later",
+        headers={"Retry-After": "1"},
+    )
+
+
 def upstream_unavailable(reason: str) -> ProtocolError:
     """The upstream MCP server cannot be asked what it serves (502, a retry hint)."""
     return ProtocolError(
         502, INTERNAL_ERROR, f"upstream unavailable: {reason}", headers={"Retry-After": "1"}
+    )
+
+
+def worker_stopping() -> ProtocolError:
+    """This worker is stopping; another (or this one, restarted) will serve a retry."""
+    return ProtocolError(
+        503, INTERNAL_ERROR, "this worker is stopping; retry", headers={"Retry-After": "1"}
     )
 
 
