@@ -3,7 +3,7 @@
 from ._urls import redact as redact_url
 from .base import EventLog, LogStats
 from .codec import Record, decode_event, encode_event
-from .errors import CodecError, EventLogError, LogUnavailable, UnsupportedURL
+from .errors import CodecError, EventLogError, LogRolledBack, LogUnavailable, UnsupportedURL
 from .events import (
     BaseEvent,
     CapabilitiesRecorded,
@@ -43,6 +43,7 @@ __all__ = [
     "Event",
     "EventLog",
     "EventLogError",
+    "LogRolledBack",
     "LogStats",
     "LogUnavailable",
     "MemoryEventLog",

@@ -16,13 +16,13 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import NamedTuple
 
 import msgspec
 
 from .codec import Record, decode_records, encode_event
-from .errors import CodecError, EventLogError, LogUnavailable
+from .errors import CodecError, EventLogError, LogRolledBack, LogUnavailable
 from .events import Event, OwnerClaimed, OwnerReleased, Role
 
 __all__ = [
@@ -182,6 +182,8 @@ class EventLog(ABC):
         # Positions already reported as undecodable, so each is logged and counted once.
         self._undecodable: set[int] = set()
         self._closed = False
+        # See watch_appends: (folded, suspect).
+        self._append_watch: tuple[Callable[[], int], Callable[[], None]] | None = None
 
     # -- the contract ------------------------------------------------------------
 
@@ -197,9 +199,20 @@ class EventLog(ABC):
         """
         if not events:
             return []
+        watch = self._append_watch
+        floor = watch[0]() if watch is not None else 0
         result = await self._submit(Append(worker, [_stored(event) for event in events]))
         assert isinstance(result, list)
+        if watch is not None and max(result) <= floor:
+            watch[1]()
         return result
+
+    def watch_appends(self, folded: Callable[[], int], suspect: Callable[[], None]) -> None:
+        """Call ``suspect`` after an append whose positions are all at or below what
+        ``folded()`` said as it was submitted. A new record lands above every record
+        already there, so either each of its events was stored before (a retry), or
+        the log was rolled back behind what its reader had folded."""
+        self._append_watch = (folded, suspect)
 
     async def read(self, after: int = 0, limit: int = 1000) -> list[Record]:
         """Return up to ``limit`` records with positions above ``after``, in order.
@@ -225,7 +238,12 @@ class EventLog(ABC):
                 yield record
 
     async def tail_pages(
-        self, after: int = 0, *, limit: int = 1000
+        self,
+        after: int = 0,
+        *,
+        limit: int = 1000,
+        resumed: Callable[[], Awaitable[None]] | None = None,
+        after_at: float | None = None,
     ) -> AsyncIterator[tuple[list[Record], int]]:
         """Yield the records after ``after`` a page at a time, each with the position
         it reaches (past records that could not be decoded), then wait for new ones,
@@ -234,22 +252,43 @@ class EventLog(ABC):
         One tail serves a whole worker: it costs one wait on the backend (a blocking
         read, a notification channel or a head poll), never one per session. While
         the backend is down the tail retries with backoff and resumes where it was.
+        ``resumed`` is awaited before each retry (a LogUnavailable from it counts as
+        the backend still down): a backend that comes back may have come back older.
+
+        Each read takes the record at the position reached too, and raises
+        :class:`LogRolledBack` if that is not the record read before (for the first
+        read, if ``after_at`` is given, not one appended at ``after_at``): the log
+        was rolled back behind this tail and written again. (A rollback that the
+        log has not yet grown past shows as nothing to read; the reader asks
+        :meth:`head`.)
         """
-        position = after
+        position, at = after, after_at
         delay = 0.01
+        failed = False
         while not self._closed:  # a closed log ends its tails
             try:
+                if failed and resumed is not None:
+                    await resumed()
                 rows = await self._tail_rows(position, limit)
             except LogUnavailable as exc:
                 if self._closed:
                     return
-                if delay == 0.01:
+                if not failed:
                     logger.warning("tail of %s waiting for the backend: %s", self.url, exc)
+                failed = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, TAIL_RETRY_MAX)
                 continue
             delay = 0.01
-            position = rows[-1][0]
+            failed = False
+            if position:
+                read_before = rows[0]
+                if read_before[0] != position or (at is not None and read_before[1] != at):
+                    raise LogRolledBack(
+                        f"{self.url}: the record at {position} is not the one read before"
+                    )
+                rows = rows[1:]
+            position, at = rows[-1][0], rows[-1][1]
             yield self._decode(rows), position
 
     async def head(self) -> int:
@@ -289,14 +328,18 @@ class EventLog(ABC):
         released = await self._submit(Release(_owner_key(session_id, role), worker, _stored(event)))
         return bool(released)
 
-    async def save_snapshot(self, name: str, position: int, data: bytes) -> None:
+    async def save_snapshot(
+        self, name: str, position: int, data: bytes, *, replace: bool = False
+    ) -> None:
         """Store ``data`` as snapshot ``name`` taken at ``position``, beside the log.
 
         Only the newest is kept: a snapshot older than the stored one is ignored, so
-        workers saving the same snapshot at once do no harm.
+        workers saving the same snapshot at once do no harm. With ``replace`` it is
+        stored whatever the stored one's position: after the log was rolled back
+        behind the stored one, which then describes a log that no longer exists.
         """
         self._check_writable()
-        await self._save_snapshot(name, position, data)
+        await self._save_snapshot(name, position, data, replace)
 
     async def load_snapshot(self, name: str) -> bytes | None:
         """The newest snapshot stored under ``name``, or None."""
@@ -337,7 +380,9 @@ class EventLog(ABC):
     async def _close(self) -> None: ...
 
     @abstractmethod
-    async def _save_snapshot(self, name: str, position: int, data: bytes) -> None: ...
+    async def _save_snapshot(
+        self, name: str, position: int, data: bytes, replace: bool
+    ) -> None: ...
 
     @abstractmethod
     async def _load_snapshot(self, name: str) -> bytes | None: ...
@@ -347,12 +392,14 @@ class EventLog(ABC):
         await self._wakeup.wait(generation, None)
 
     async def _tail_rows(self, after: int, limit: int) -> list[LogRow]:
-        """Return at least one row after ``after``, waiting as long as it takes."""
+        """Return the row at ``after`` (unless ``after`` is 0, or it is not there),
+        then at least one row after it, waiting as long as it takes."""
+        overlap = 1 if after else 0
         while True:
             generation = self._wakeup.generation
             self.stats.queries += 1
-            rows = await self._read_rows(after, limit)
-            if rows:
+            rows = await self._read_rows(after - overlap, limit + overlap)
+            if len(rows) > overlap:
                 return rows
             await self._wait(after, generation)
 

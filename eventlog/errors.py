@@ -5,13 +5,14 @@ exception crosses the contract::
 
     EventLogError
     ├── LogUnavailable      (also a ConnectionError)
+    ├── LogRolledBack
     ├── CodecError          (also a ValueError)
     └── UnsupportedURL      (also a ValueError)
 """
 
 from __future__ import annotations
 
-__all__ = ["CodecError", "EventLogError", "LogUnavailable", "UnsupportedURL"]
+__all__ = ["CodecError", "EventLogError", "LogRolledBack", "LogUnavailable", "UnsupportedURL"]
 
 
 class EventLogError(Exception):
@@ -24,6 +25,12 @@ class LogUnavailable(EventLogError, ConnectionError):
     The same log object works again once the backend is back; nothing needs to be
     reopened. The message names the backend by its URL with credentials removed.
     """
+
+
+class LogRolledBack(EventLogError):
+    """Raised by a tail that finds the record it last read replaced: the log was
+    rolled back behind it (a restore, a failover to a replica that was behind) and
+    written again. What the reader folded is not this log any more."""
 
 
 class CodecError(EventLogError, ValueError):

@@ -25,6 +25,8 @@ _URL_OPTIONS = {
     "poll_interval": float,
     "notify_fallback": float,
     "block": float,
+    "wait_replicas": int,
+    "wait_timeout": float,
 }
 
 

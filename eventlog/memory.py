@@ -68,8 +68,8 @@ class MemoryEventLog(EventLog):
     async def _head(self) -> int:
         return len(self._rows)
 
-    async def _save_snapshot(self, name: str, position: int, data: bytes) -> None:
-        if position > self._snapshots.get(name, (-1, b""))[0]:
+    async def _save_snapshot(self, name: str, position: int, data: bytes, replace: bool) -> None:
+        if replace or position > self._snapshots.get(name, (-1, b""))[0]:
             self._snapshots[name] = (position, data)
 
     async def _load_snapshot(self, name: str) -> bytes | None:

@@ -131,7 +131,7 @@ class PostgresEventLog(EventLog):
         self._save_snapshot_sql = (
             f"INSERT INTO {snapshots} AS s (name, position, data) VALUES ($1, $2, $3) "
             "ON CONFLICT (name) DO UPDATE SET position = excluded.position, data = excluded.data "
-            "WHERE s.position < excluded.position"
+            "WHERE s.position < excluded.position OR $4"
         )
         self._load_snapshot_sql = f"SELECT data FROM {snapshots} WHERE name = $1"
 
@@ -243,8 +243,9 @@ class PostgresEventLog(EventLog):
     async def _head(self) -> int:
         return await self._run(lambda conn: conn.fetchval(self._head_sql))  # type: ignore[no-any-return]
 
-    async def _save_snapshot(self, name: str, position: int, data: bytes) -> None:
-        await self._run(lambda conn: conn.execute(self._save_snapshot_sql, name, position, data))
+    async def _save_snapshot(self, name: str, position: int, data: bytes, replace: bool) -> None:
+        save = self._save_snapshot_sql
+        await self._run(lambda conn: conn.execute(save, name, position, data, replace))
 
     async def _load_snapshot(self, name: str) -> bytes | None:
         return await self._run(lambda conn: conn.fetchval(self._load_snapshot_sql, name))  # type: ignore[no-any-return]

@@ -132,10 +132,11 @@ end
 return results
 """
 
-# KEYS: the snapshot hash. ARGV: position, data. Keeps the newest only.
+# KEYS: the snapshot hash. ARGV: position, data, replace ('1': whatever is stored).
+# Keeps the newest only, unless told to replace.
 _SAVE_SNAPSHOT = """
 local current = redis.call('HGET', KEYS[1], 'position')
-if not current or tonumber(current) < tonumber(ARGV[1]) then
+if ARGV[3] == '1' or not current or tonumber(current) < tonumber(ARGV[1]) then
   redis.call('HSET', KEYS[1], 'position', ARGV[1], 'data', ARGV[2])
 end
 """
@@ -196,8 +197,12 @@ class RedisEventLog(EventLog):
         # Timeouts
         block: float = 5.0,
         connect_timeout: float = 5.0,
+        wait_timeout: float = 1.0,
         # Limits
         max_connections: int = 8,
+        # Durability: a commit is acknowledged only once this many replicas have it
+        # (WAIT), so a failover to one of them loses nothing acknowledged.
+        wait_replicas: int = 0,
     ) -> None:
         super().__init__(url=redact(url), clock=clock, read_only=read_only)
         check_namespace(namespace)
@@ -224,6 +229,7 @@ class RedisEventLog(EventLog):
         for command in ("XRANGE", "XREAD"):
             self._redis.set_response_callback(command, _raw)
         self._save_snapshot_script = self._redis.register_script(_SAVE_SNAPSHOT)
+        self._wait_replicas, self._wait_timeout = wait_replicas, wait_timeout
 
     async def _open(self) -> None:
         with self._translate_errors():
@@ -252,7 +258,10 @@ class RedisEventLog(EventLog):
                 args += ["r", operation.key, operation.worker]
                 args += [operation.event.event_id, operation.event.data]
         with self._translate_errors():
-            replies = await self._commit_script(self._keys, args)
+            if self._wait_replicas:
+                replies = await self._commit_replicated(args)
+            else:
+                replies = await self._commit_script(self._keys, args)
         results: list[object] = []
         for operation, reply in zip(operations, replies, strict=True):
             if isinstance(operation, Append):
@@ -263,6 +272,22 @@ class RedisEventLog(EventLog):
                 results.append(bool(reply))
         return results
 
+    async def _commit_replicated(self, args: list[Any]) -> Any:
+        """The commit, then WAIT on the same connection: WAIT counts the replicas
+        that have that connection's writes."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            await self._commit_script(self._keys, args, client=pipe)
+            pipe.execute_command("WAIT", self._wait_replicas, int(self._wait_timeout * 1000))
+            replies, replicas = await pipe.execute()
+        if replicas < self._wait_replicas:
+            # Written here, maybe lost by a failover: not acknowledged (a retry with
+            # the same event ids stores nothing twice).
+            raise LogUnavailable(
+                f"{self.url}: {replicas} of {self._wait_replicas} replicas had the commit "
+                f"after {self._wait_timeout} s"
+            )
+        return replies
+
     async def _read_rows(self, after: int, limit: int) -> list[LogRow]:
         with self._translate_errors():
             entries = await self._redis.xrange(self._stream, f"(0-{after}", "+", count=limit)
@@ -272,22 +297,26 @@ class RedisEventLog(EventLog):
         while True:
             self.stats.queries += 1
             with self._translate_errors():
-                reply = await self._redis.xread(
-                    {self._stream: f"0-{after}"}, count=limit, block=self._block_ms
-                )
+                # The entry at ``after`` read once the new ones came, in one round trip.
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    pipe.xread({self._stream: f"0-{after}"}, count=limit, block=self._block_ms)
+                    if after:
+                        pipe.xrange(self._stream, f"0-{after}", f"0-{after}")
+                    reply, *read_before = await pipe.execute()
             if reply:
                 # One stream asked for: RESP3 answers a map, RESP2 a list of pairs.
                 (_, entries) = next(iter(reply.items())) if isinstance(reply, dict) else reply[0]
-                return _rows(entries)
+                return _rows(read_before[0] if read_before else []) + _rows(entries)
 
     async def _head(self) -> int:
         with self._translate_errors():
             head = await self._redis.get(self._keys[1])
         return int(head or 0)
 
-    async def _save_snapshot(self, name: str, position: int, data: bytes) -> None:
+    async def _save_snapshot(self, name: str, position: int, data: bytes, replace: bool) -> None:
+        keys, args = [self._snapshot_prefix + name], [position, data, int(replace)]
         with self._translate_errors():
-            await self._save_snapshot_script([self._snapshot_prefix + name], [position, data])
+            await self._save_snapshot_script(keys, args)
 
     async def _load_snapshot(self, name: str) -> bytes | None:
         with self._translate_errors():

@@ -108,11 +108,12 @@ class SQLiteEventLog(EventLog):
             f"SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '{events}'"
         )
         self._load_snapshot_sql = f"SELECT data FROM {snapshots} WHERE name = ?"
-        # Keeps the newest only: an older snapshot than the stored one changes nothing.
+        # Keeps the newest only: an older snapshot than the stored one changes nothing,
+        # unless told to replace it (the last parameter).
         self._save_snapshot_sql = (
             f"INSERT INTO {snapshots} (name, position, data) VALUES (?, ?, ?) "
             "ON CONFLICT (name) DO UPDATE SET position = excluded.position, data = excluded.data "
-            f"WHERE {snapshots}.position < excluded.position"
+            f"WHERE {snapshots}.position < excluded.position OR ?"
         )
         # One statement and one parameter (a JSON array) for a whole batch's ids.
         self._known_ids_sql = (
@@ -313,13 +314,13 @@ class SQLiteEventLog(EventLog):
         with self._translate_errors():
             return self._reading().execute(self._head_sql).fetchone()[0]  # type: ignore[no-any-return]
 
-    async def _save_snapshot(self, name: str, position: int, data: bytes) -> None:
-        await self._in_writer(self._save_snapshot_now, name, position, data)
+    async def _save_snapshot(self, name: str, position: int, data: bytes, replace: bool) -> None:
+        await self._in_writer(self._save_snapshot_now, name, position, data, replace)
 
-    def _save_snapshot_now(self, name: str, position: int, data: bytes) -> None:
+    def _save_snapshot_now(self, name: str, position: int, data: bytes, replace: bool) -> None:
         # Not on the appends' connection: an inline commit may be using it meanwhile.
         with self._writer.begin() as conn:
-            conn.exec_driver_sql(self._save_snapshot_sql, (name, position, data))
+            conn.exec_driver_sql(self._save_snapshot_sql, (name, position, data, replace))
 
     async def _load_snapshot(self, name: str) -> bytes | None:
         with self._translate_errors():

@@ -207,6 +207,15 @@ class HeldStreams:
             except Exception:
                 logger.exception("disconnecting a transport failed")
 
+    def rewind(self, position: int) -> None:
+        """The log was folded again up to ``position`` (it had been rolled back):
+        whatever each stream was sent before, what comes after that is new to it."""
+        for held in self._held.values():
+            held.queued_upto = min(held.queued_upto, position)
+            rewind = getattr(held.transport, "rewind", None)  # a transport that skips repeats
+            if rewind is not None:
+                rewind(position)
+
     def send_appended(
         self, session_id: str, message: SentMessage, first: int, since: float
     ) -> None:

@@ -66,6 +66,7 @@ class Housekeeping:
             runtime.problems["writes"] = f"writes fail: {exc}"
             raise
         runtime.problems.pop("writes", None)
+        await runtime.lineage.check()  # is the log still the one folded here?
 
     def notice_dead_workers(self) -> None:
         """Once a worker is seen dead, the messages it was answering within their

@@ -62,6 +62,17 @@ class _RegistryCollector(Collector):
             "Records between the log's head and this worker.",
             value=self.tail_lag,
         )
+        yield CounterMetricFamily(
+            "sessionlog_lineage_resets",
+            "Times this worker found the log rolled back behind its fold and folded it again.",
+            value=runtime.lineage.resets,
+        )
+        if runtime.lineage.last_recovery is not None:
+            yield GaugeMetricFamily(
+                "sessionlog_lineage_recovery_seconds",
+                "How long the last fold again after a rollback took, to ready.",
+                value=runtime.lineage.last_recovery,
+            )
         stats = runtime.log.stats
         for name, value, text in (
             ("commits", stats.commits, "Transactions written to the log."),
@@ -92,9 +103,10 @@ METRICS = web.AppKey("ops_metrics", Metrics)
 async def _lag(registry: SessionRegistry) -> tuple[int, int]:
     """(head, folded position) of this worker's log."""
     runtime = registry.runtime
+    position = runtime.projection.position  # before the head: the tail may fold past it
     async with asyncio.timeout(READY_TIMEOUT):
         head = await runtime.log.head()
-    return head, runtime.projection.position
+    return head, position
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -106,8 +118,11 @@ async def readyz(request: web.Request) -> web.Response:
         head, position = await _lag(request.app[REGISTRY])
     except (RuntimeError, TimeoutError, EventLogError) as exc:
         return web.json_response({"ready": False, "reason": str(exc) or "log timeout"}, status=503)
-    problems = request.app[REGISTRY].runtime.problems
-    ready = head - position <= READY_LAG and not problems
+    runtime = request.app[REGISTRY].runtime
+    if head < position:  # the log was rolled back behind this worker's fold
+        runtime.lineage.suspect()
+    problems = runtime.problems
+    ready = 0 <= head - position <= READY_LAG and not problems
     body = {"ready": ready, "head": head, "position": position}
     if problems:
         body["problems"] = dict(problems)

@@ -92,6 +92,13 @@ class Payloads:
             del self._order[position]
         self.bytes -= self._session_bytes.pop(session_id)
 
+    def clear(self) -> None:
+        """Drop everything kept (the log was rolled back: positions name other records)."""
+        self._sessions.clear()
+        self._session_bytes.clear()
+        self._order.clear()
+        self.bytes = 0
+
     def _drop(self, session_id: str, position: int) -> None:
         kept = self._sessions[session_id]
         size = len(kept.pop(position))

@@ -7,13 +7,25 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
+from typing import NamedTuple
 
 import msgspec
 
 from eventlog import EventLog, Record
-from projections import SNAPSHOT_NAME, RegistryProjection, Selection, restore
+from projections import SNAPSHOT_NAME, RegistryProjection, RegistryState, Selection, restore
 
-__all__ = ["catch_up", "load_latest", "pages", "records", "select", "state_at", "timeline"]
+__all__ = [
+    "Loaded",
+    "catch_up",
+    "holds",
+    "load_consistent",
+    "load_latest",
+    "pages",
+    "records",
+    "select",
+    "state_at",
+    "timeline",
+]
 
 PAGE = 5_000
 
@@ -100,15 +112,45 @@ async def state_at(
     return projection
 
 
-async def load_latest(log: EventLog) -> RegistryProjection:
-    """The projection from the newest readable snapshot in ``log``, or an empty one."""
+async def holds(log: EventLog, state: RegistryState) -> bool:
+    """Whether ``log`` is still the log ``state`` was folded from: its head is not
+    below the state's position, and the record at the last position folded is the
+    one folded (same event id, same append time). One head read, one record read."""
+    # As they are now: a tail may fold on meanwhile.
+    position, last = state.position, (state.last_position, state.last_id, state.last_at)
+    if await log.head() < position:
+        return False
+    if last[0] == 0:
+        return True
+    found = await log.read(after=last[0] - 1, limit=1)
+    return bool(found) and (found[0].position, found[0].event.id, found[0].at) == last
+
+
+class Loaded(NamedTuple):
+    projection: RegistryProjection
+    # A snapshot was stored but describes another log (one rolled back behind it):
+    # the next one saved must replace it.
+    stale: bool
+
+
+async def load_consistent(log: EventLog) -> Loaded:
+    """The projection from the newest snapshot in ``log`` if it is readable and the
+    log still holds what it was folded from, or an empty one."""
     stored = await log.load_snapshot(SNAPSHOT_NAME)
-    if stored is not None:
-        try:
-            return restore(stored)
-        except msgspec.DecodeError:
-            pass  # unreadable: fold from the start, and the next save replaces it
-    return RegistryProjection()
+    if stored is None:
+        return Loaded(RegistryProjection(), stale=False)
+    try:
+        projection = restore(stored)
+    except msgspec.DecodeError:  # unreadable: fold from the start
+        return Loaded(RegistryProjection(), stale=True)
+    if await holds(log, projection.state):
+        return Loaded(projection, stale=False)
+    return Loaded(RegistryProjection(), stale=True)
+
+
+async def load_latest(log: EventLog) -> RegistryProjection:
+    """The projection from the newest snapshot ``log`` still holds, or an empty one."""
+    return (await load_consistent(log)).projection
 
 
 async def catch_up(log: EventLog, projection: RegistryProjection, until: int | None = None) -> int:

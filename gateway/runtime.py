@@ -22,7 +22,14 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 
-from eventlog import EventLog, LogUnavailable, Record, WorkerStarted, WorkerStopped
+from eventlog import (
+    EventLog,
+    LogRolledBack,
+    LogUnavailable,
+    Record,
+    WorkerStarted,
+    WorkerStopped,
+)
 from projections import (
     SNAPSHOT_NAME,
     RegistryProjection,
@@ -34,7 +41,8 @@ from projections import (
 from .answering import Answering, MessageHandler
 from .held_streams import HeldStreams
 from .housekeeping import Housekeeping
-from .reading import catch_up, load_latest
+from .lineage import Lineage
+from .reading import catch_up, load_consistent
 from .settings import Settings
 
 __all__ = ["WorkerRuntime"]
@@ -69,6 +77,9 @@ class WorkerRuntime:
         self.streams = HeldStreams(self)
         self.answers = Answering(self, handler, at_once)
         self.housekeeping = Housekeeping(self)
+        self.lineage = Lineage(self)
+        log.watch_appends(lambda: self.projection.position, self.lineage.suspect)
+        self._tail: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._chores: set[asyncio.Task[Any]] = set()  # one-off tasks, kept from the GC
         self._snapshot_mark = 0
@@ -97,16 +108,10 @@ class WorkerRuntime:
         ``housekeeping=False`` leaves heartbeats and sweeps to the caller (tests drive
         them with an injected clock instead of waiting).
         """
-        self.projection = await load_latest(self.log)
-        self.projection.closed_retention = self.settings.closed_retention
-        # Observers hear from the tail on: nothing held here has a past to react to,
-        # and without a listener a page is folded at once.
-        await catch_up(self.log, self.projection)
-        self.projection.listener = self._react
-        self._snapshot_mark = self.projection.position // self.settings.snapshot_every
+        await self._fold()
         started = WorkerStarted(host=socket.gethostname(), pid=os.getpid())
         await self.log.append([started], worker=self.worker_id)
-        self._tasks.append(asyncio.create_task(self._follow(), name="sessionlog-tail"))
+        self._tail = asyncio.create_task(self._follow(), name="sessionlog-tail")
         if housekeeping:
             task = asyncio.create_task(self.housekeeping.run(), name="sessionlog-housekeeping")
             self._tasks.append(task)
@@ -117,7 +122,7 @@ class WorkerRuntime:
         with contextlib.suppress(LogUnavailable):
             await self.streams.release_all("worker_stopped")
             await self.log.append([WorkerStopped()], worker=self.worker_id)
-        tasks = [*self._tasks, *self._chores]
+        tasks = [*self._tasks, *self._chores, *([self._tail] if self._tail else [])]
         for task in tasks:
             task.cancel()
         if tasks:
@@ -125,11 +130,39 @@ class WorkerRuntime:
             # restarted; the log's close releases it.
             await asyncio.wait(tasks, timeout=STOP_GRACE)
         self._tasks.clear()
+        self._tail = None
         for _, _, waiter in self._waiting:
             if not waiter.done():
                 waiter.set_exception(LogUnavailable("the worker stopped"))
 
     # -- folding -----------------------------------------------------------------
+
+    async def _fold(self) -> None:
+        """Fold the log into a new projection, from the newest snapshot it still holds."""
+        loaded = await load_consistent(self.log)
+        loaded.projection.closed_retention = self.settings.closed_retention
+        # Observers hear from the tail on: nothing held here has a past to react to,
+        # and without a listener a page is folded at once.
+        await catch_up(self.log, loaded.projection)
+        loaded.projection.listener = self._react
+        self.projection = loaded.projection
+        self._snapshot_mark = self.projection.position // self.settings.snapshot_every
+        if loaded.stale:
+            await self._save_snapshot(replace=True)
+
+    async def refold(self) -> None:
+        """Fold the log again, from scratch, with a new tail: it is not the log the
+        projection was folded from (see :mod:`.lineage`). Waiting ``sync()`` callers
+        return, with what the log holds now."""
+        if self._tail is not None:
+            self._tail.cancel()
+            await asyncio.wait([self._tail])
+            self._tail = None
+        # A position may now name another record: bytes kept by position are stale.
+        self.streams.payloads.clear()
+        await self._fold()
+        self._tail = asyncio.create_task(self._follow(), name="sessionlog-tail")
+        self._wake(float("inf"))
 
     async def sync(self) -> None:
         """Return once everything appended up to now, on any worker, is folded here:
@@ -137,9 +170,20 @@ class WorkerRuntime:
 
         Raises:
             LogUnavailable: the log's head cannot be read, or the tail does not
-                reach it within SYNC_TIMEOUT.
+                reach it (or the log is not folded again) within SYNC_TIMEOUT.
         """
+        # Read before the head: the tail may fold past the head read meanwhile.
+        folded, refolds = self.projection.position, self.lineage.resets
         head = await self._fresh_head()
+        if (head < folded and refolds == self.lineage.resets) or self.lineage.recovering:
+            try:
+                async with asyncio.timeout(SYNC_TIMEOUT):
+                    await self.lineage.broken(f"its head {head} is below the position folded")
+            except TimeoutError:
+                raise LogUnavailable(
+                    f"{self.log.url}: not folded again in {SYNC_TIMEOUT:.0f} s"
+                ) from None
+            return
         if self.projection.position >= head:
             return
         waiter = asyncio.get_running_loop().create_future()
@@ -167,19 +211,26 @@ class WorkerRuntime:
             return self._head
 
     async def _follow(self) -> None:
-        async for records, reached in self.log.tail_pages(after=self.projection.position):
-            apply = self.projection.apply
-            for record in records:
-                apply(record)
-            self.projection.advance(reached)
-            self._wake(reached)
-            if reached // self.settings.snapshot_every > self._snapshot_mark:
-                await self._save_snapshot()
-            # What the page set going (a handler, a stream's send) runs before the
-            # tail's next read is sent, which costs the driver more than it waits.
-            await asyncio.sleep(0)
+        state = self.projection.state
+        last_at = state.last_at if state.last_position == state.position else None
+        tail = self.log.tail_pages(state.position, resumed=self.lineage.check, after_at=last_at)
+        try:
+            async for records, reached in tail:
+                apply = self.projection.apply
+                for record in records:
+                    apply(record)
+                self.projection.advance(reached)
+                self._wake(reached)
+                if reached // self.settings.snapshot_every > self._snapshot_mark:
+                    await self._save_snapshot()
+                # What the page set going (a handler, a stream's send) runs before the
+                # tail's next read is sent, which costs the driver more than it waits.
+                await asyncio.sleep(0)
+        except LogRolledBack as exc:
+            # Not awaited: the recovery replaces this tail.
+            self.spawn(self.lineage.broken(str(exc)))
 
-    def _wake(self, position: int) -> None:
+    def _wake(self, position: float) -> None:
         waiting = self._waiting
         while waiting and waiting[0][0] <= position:
             _, _, waiter = heapq.heappop(waiting)
@@ -190,11 +241,12 @@ class WorkerRuntime:
         for observe in self.observers:
             observe(record)
 
-    async def _save_snapshot(self) -> None:
+    async def _save_snapshot(self, *, replace: bool = False) -> None:
         self._snapshot_mark = self.projection.position // self.settings.snapshot_every
         data = encode_snapshot(self.projection)
+        position = self.projection.position
         try:
-            await self.log.save_snapshot(SNAPSHOT_NAME, self.projection.position, data)
+            await self.log.save_snapshot(SNAPSHOT_NAME, position, data, replace=replace)
         except LogUnavailable as exc:
             logger.warning("snapshot not saved: %s", exc)
 

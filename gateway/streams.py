@@ -69,6 +69,11 @@ class EventStreamTransport:
         self.position = max(self.position, position)
         self._started.set()
 
+    def rewind(self, position: int) -> None:
+        """The log was rolled back and folded again up to ``position``: what comes
+        after it is new, whatever was sent before."""
+        self.position = min(self.position, position)
+
     async def deliver(self, message: SentMessage) -> None:
         await self._started.wait()
         await self.send_event(message)

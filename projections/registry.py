@@ -155,6 +155,11 @@ class RegistryState(msgspec.Struct, kw_only=True):
     # "closed (expired)" rather than "unknown"; forgotten after the retention
     # window (then: unknown here, the log still says).
     closed: dict[str, ClosedSession] = {}
+    # The last record folded (its position, event id and append time): a log rolled
+    # back and written again has another record there (see gateway.lineage).
+    last_position: int = 0
+    last_id: str = ""
+    last_at: float = 0.0
 
 
 class RegistryProjection:
@@ -200,7 +205,8 @@ class RegistryProjection:
         state = self.state
         if record.position <= state.position:
             return False
-        state.position = record.position
+        state.position = state.last_position = record.position
+        state.last_id, state.last_at = record.event.id, record.at
         worker = state.workers.get(record.worker)
         if worker is None:
             worker = state.workers[record.worker] = WorkerState(worker=record.worker)
@@ -241,11 +247,13 @@ class RegistryProjection:
         applied = 0
         name: str | None = None
         worker: WorkerState | None = None
+        last: Record | None = None
         try:
             for record in records:
                 if record.position <= position:
                     continue
                 position = record.position
+                last = record
                 applied += 1
                 if record.worker != name:
                     name = record.worker
@@ -262,6 +270,9 @@ class RegistryProjection:
                 handlers[kind](record, event)
         finally:
             state.position = position
+            if last is not None:
+                state.last_position = last.position
+                state.last_id, state.last_at = last.event.id, last.at
         return applied
 
     # -- queries -----------------------------------------------------------------

@@ -20,7 +20,7 @@ __all__ = [
 
 # A new layout of RegistryState gets a new name, so old snapshots are ignored
 # (and rebuilt from the log) instead of misread.
-SNAPSHOT_NAME = "registry-v3"
+SNAPSHOT_NAME = "registry-v4"
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(RegistryState)

@@ -247,6 +247,19 @@ class EventLogContract:
         assert await event_log.load_snapshot("registry") == b"at twenty"
         assert await event_log.load_snapshot("other") == b"\x00binary\xff"
 
+    async def test_a_snapshot_told_to_replace_replaces_a_newer_one(
+        self, event_log: EventLog
+    ) -> None:
+        # A log rolled back behind its snapshot: a worker that re-folded it saves one
+        # at a lower position in place of the one that no longer describes it.
+        await event_log.save_snapshot("registry", 20, b"of the log before the rollback")
+        await event_log.save_snapshot("registry", 8, b"re-folded", replace=True)
+        assert await event_log.load_snapshot("registry") == b"re-folded"
+        await event_log.save_snapshot("registry", 5, b"older, ignored")
+        assert await event_log.load_snapshot("registry") == b"re-folded"
+        await event_log.save_snapshot("registry", 9, b"newer")
+        assert await event_log.load_snapshot("registry") == b"newer"
+
     async def test_closed_log_refuses_appends(self, log_url: str) -> None:
         log = await open_log(log_url)
         await log.close()
