@@ -25,6 +25,7 @@ _URL_OPTIONS = {
     "poll_interval": float,
     "notify_fallback": float,
     "block": float,
+    "timeout": float,
 }
 
 

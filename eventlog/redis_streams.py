@@ -30,7 +30,7 @@ __all__ = ["RedisEventLog"]
 
 # Timeouts
 CLOSE_GRACE = 2.0  # seconds close() waits for connections to close cleanly
-READ_MARGIN = 5.0  # seconds a reply may take beyond what was asked for
+DEFAULT_TIMEOUT = 3.0  # seconds any call may wait for the server (an XREAD: beyond its BLOCK)
 
 # One group commit, applied atomically on the server. KEYS: events stream, head
 # counter, id -> position hash, owners hash. ARGV: the time, then the operations:
@@ -195,7 +195,7 @@ class RedisEventLog(EventLog):
         read_only: bool = False,
         # Timeouts
         block: float = 5.0,
-        connect_timeout: float = 5.0,
+        timeout: float = DEFAULT_TIMEOUT,
         # Limits
         max_connections: int = 8,
     ) -> None:
@@ -207,22 +207,33 @@ class RedisEventLog(EventLog):
         self._snapshot_prefix = f"{{{namespace}}}:snapshot:"
         # How long one XREAD BLOCK waits before the tail asks again.
         self._block_ms = int(block * 1000)
-        self._redis = aioredis.from_url(
-            url,
-            max_connections=max_connections,
-            socket_connect_timeout=connect_timeout,
-            # Longer than a tail's XREAD BLOCK, which would otherwise time out while
-            # it waits as told (redis-py 8's default is 5 s) and count as an outage.
-            socket_timeout=block + READ_MARGIN,
-            retry=Retry(ExponentialBackoff(cap=0.2, base=0.01), retries=2),
+        self._timeout = timeout
+        connection_options: dict[str, Any] = {
+            "max_connections": max_connections,
+            "socket_connect_timeout": timeout,
+            # A connection that fails (a server restarted since it was pooled) is
+            # retried once on a fresh one: every command sent here may be sent twice
+            # (reads are reads; the commit script answers a repeated commit as it
+            # answered the first). Not a timeout: that has spent the call's time.
+            "retry": Retry(
+                ExponentialBackoff(cap=0.2, base=0.01),
+                retries=1,
+                supported_errors=(redis_exc.ConnectionError,),
+            ),
+        }
+        self._redis = aioredis.from_url(url, socket_timeout=timeout, **connection_options)
+        # The tail's own connections: its XREAD BLOCK waits as told, and only what
+        # goes beyond that counts against the timeout.
+        self._tail_redis = aioredis.from_url(
+            url, socket_timeout=block + timeout, **connection_options
         )
         pool = self._redis.connection_pool
         pool.connection_class = _packing_in_c(pool.connection_class)
         self._commit_script = self._redis.register_script(_COMMIT)
         # Entries as the server sends them: redis-py would build a dict per entry, which
         # costs more than the rest of a read. _rows reads the fields by place.
-        for command in ("XRANGE", "XREAD"):
-            self._redis.set_response_callback(command, _raw)
+        self._redis.set_response_callback("XRANGE", _raw)
+        self._tail_redis.set_response_callback("XREAD", _raw)
         self._save_snapshot_script = self._redis.register_script(_SAVE_SNAPSHOT)
 
     async def _open(self) -> None:
@@ -233,7 +244,11 @@ class RedisEventLog(EventLog):
     def _translate_errors(self) -> Iterator[None]:
         try:
             yield
-        except (redis_exc.ConnectionError, redis_exc.TimeoutError, OSError) as exc:
+        except (redis_exc.TimeoutError, TimeoutError) as exc:
+            raise LogUnavailable(
+                f"{self.url} is unavailable: no answer within {self._timeout} s"
+            ) from exc
+        except (redis_exc.ConnectionError, OSError) as exc:
             raise LogUnavailable(f"{self.url} is unavailable: {exc}") from exc
         except redis_exc.RedisError as exc:
             raise EventLogError(f"{self.url}: {exc}") from exc
@@ -272,7 +287,7 @@ class RedisEventLog(EventLog):
         while True:
             self.stats.queries += 1
             with self._translate_errors():
-                reply = await self._redis.xread(
+                reply = await self._tail_redis.xread(
                     {self._stream: f"0-{after}"}, count=limit, block=self._block_ms
                 )
             if reply:
@@ -294,8 +309,9 @@ class RedisEventLog(EventLog):
             return await self._redis.hget(self._snapshot_prefix + name, "data")
 
     async def _close(self) -> None:
-        with contextlib.suppress(redis_exc.RedisError, OSError, TimeoutError):
-            async with asyncio.timeout(CLOSE_GRACE):
-                await self._redis.aclose()
-        # What aclose() could not close in time (a connection stuck in a read).
-        await self._redis.connection_pool.disconnect(inuse_connections=True)
+        for client in (self._redis, self._tail_redis):
+            with contextlib.suppress(redis_exc.RedisError, OSError, TimeoutError):
+                async with asyncio.timeout(CLOSE_GRACE):
+                    await client.aclose()
+            # What aclose() could not close in time (a connection stuck in a read).
+            await client.connection_pool.disconnect(inuse_connections=True)

@@ -36,8 +36,9 @@ class TestRedisEventLog(ServerEventLogContract):
 async def test_reads_wait_longer_than_a_tail_blocks(block: float) -> None:
     """An idle tail's XREAD BLOCK is not cut off by the socket's read timeout (redis-py
     8's default is 5 s): that counted as an outage, and the tail backed off."""
-    log = RedisEventLog("redis://127.0.0.1:1/0", block=block)
-    assert log._redis.connection_pool.connection_kwargs["socket_timeout"] > block
+    log = RedisEventLog("redis://127.0.0.1:1/0", block=block, timeout=1.0)
+    assert log._tail_redis.connection_pool.connection_kwargs["socket_timeout"] == block + 1.0
+    assert log._redis.connection_pool.connection_kwargs["socket_timeout"] == 1.0
 
 
 @pytest.mark.parametrize(
