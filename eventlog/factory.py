@@ -26,6 +26,7 @@ _URL_OPTIONS = {
     "notify_fallback": float,
     "block": float,
     "timeout": float,
+    "dedupe_window": float,
 }
 
 

@@ -5,6 +5,13 @@ sequence part and ``XREAD BLOCK`` after ``0-<p>`` is a tail after ``p``. A group
 commit (appends, claims and releases together) is one Lua script call: atomic on
 the server, it deduplicates event ids in a hash and assigns positions from a
 counter.
+
+Event ids are remembered for deduplication for a window (``dedupe_window``, an
+hour by default), not forever: in one hash per window-long bucket of the commit's
+time, which expires two windows after its last write. A commit looks an id up in
+its own bucket and the two beside it (clocks of workers may differ by less than a
+window), so an id appended again within a window of its first append, by the log's
+clock, is found: far longer than any retry or second answerer waits.
 """
 
 from __future__ import annotations
@@ -30,21 +37,26 @@ __all__ = ["RedisEventLog"]
 
 # Timeouts
 CLOSE_GRACE = 2.0  # seconds close() waits for connections to close cleanly
+DEFAULT_DEDUPE_WINDOW = 3600.0
 DEFAULT_TIMEOUT = 3.0  # seconds any call may wait for the server (an XREAD: beyond its BLOCK)
 
 # One group commit, applied atomically on the server. KEYS: events stream, head
-# counter, id -> position hash, owners hash. ARGV: the time, then the operations:
+# counter, owners hash, then the id -> position hashes of the buckets before, of and
+# after the commit's time. ARGV: the time, the milliseconds its bucket is kept after
+# a write, then the operations:
 #   'a', worker, n, then n (event id, data) pairs   -> the positions
 #   'c', session, worker, expected ('' = none), event id, data   -> the owner after
 #   'r', session, worker, event id, data   -> 1 if released, else 0
+# A claim or release whose event id is stored already is this very commit, sent again
+# after its connection broke: it is answered as it was then.
 _COMMIT = """
-local at, stream, ids, owners = ARGV[1], KEYS[1], KEYS[3], KEYS[4]
+local at, keep, stream, owners, ids = ARGV[1], ARGV[2], KEYS[1], KEYS[3], KEYS[5]
 local call = redis.call
 local head = tonumber(call('GET', KEYS[2]) or '0')
 -- The positions of the batch's event ids already stored, looked up in one HMGET per
--- thousand ids (Lua's unpack has a bounded stack), not one HGET per event.
+-- bucket and thousand ids (Lua's unpack has a bounded stack), not one HGET per event.
 local batch, count = {}, 0
-local i = 2
+local i = 3
 while i <= #ARGV do
   local kind = ARGV[i]
   if kind == 'a' then
@@ -65,12 +77,16 @@ while i <= #ARGV do
   end
 end
 local known = {}
-for first = 1, count, 1000 do
-  local last = math.min(first + 999, count)
-  local found = call('HMGET', ids, unpack(batch, first, last))
-  for j = 1, last - first + 1 do
-    if found[j] then
-      known[batch[first + j - 1]] = tonumber(found[j])
+for bucket = 4, 6 do
+  if call('EXISTS', KEYS[bucket]) == 1 then
+    for first = 1, count, 1000 do
+      local last = math.min(first + 999, count)
+      local found = call('HMGET', KEYS[bucket], unpack(batch, first, last))
+      for j = 1, last - first + 1 do
+        if found[j] then
+          known[batch[first + j - 1]] = tonumber(found[j])
+        end
+      end
     end
   end
 end
@@ -90,7 +106,7 @@ local function store(worker, id, data)
   return position
 end
 local results = {}
-i = 2
+i = 3
 while i <= #ARGV do
   local kind = ARGV[i]
   if kind == 'a' then
@@ -104,7 +120,9 @@ while i <= #ARGV do
   elseif kind == 'c' then
     local session, worker, expected = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
     local current = call('HGET', owners, session) or ''
-    if current == expected then
+    if known[ARGV[i + 4]] then
+      current = worker
+    elseif current == expected then
       call('HSET', owners, session, worker)
       store(worker, ARGV[i + 4], ARGV[i + 5])
       current = worker
@@ -114,7 +132,9 @@ while i <= #ARGV do
   else
     local session, worker = ARGV[i + 1], ARGV[i + 2]
     local released = 0
-    if call('HGET', owners, session) == worker then
+    if known[ARGV[i + 3]] then
+      released = 1
+    elseif call('HGET', owners, session) == worker then
       call('HDEL', owners, session)
       store(worker, ARGV[i + 3], ARGV[i + 4])
       released = 1
@@ -128,6 +148,7 @@ if paired > 0 then
   for first = 1, paired, 1000 do
     call('HSET', ids, unpack(new, first, math.min(first + 999, paired)))
   end
+  call('PEXPIRE', ids, keep)
 end
 return results
 """
@@ -196,14 +217,18 @@ class RedisEventLog(EventLog):
         # Timeouts
         block: float = 5.0,
         timeout: float = DEFAULT_TIMEOUT,
+        # s an appended event id is remembered, at the least, to store it once
+        dedupe_window: float = DEFAULT_DEDUPE_WINDOW,
         # Limits
         max_connections: int = 8,
     ) -> None:
         super().__init__(url=redact(url), clock=clock, read_only=read_only)
         check_namespace(namespace)
         # One hash tag, so every key of a namespace lands on one cluster slot.
-        self._keys = [f"{{{namespace}}}:{name}" for name in ("events", "head", "ids", "owners")]
+        self._keys = [f"{{{namespace}}}:{name}" for name in ("events", "head", "owners")]
         self._stream = self._keys[0]
+        self._ids_prefix = f"{{{namespace}}}:ids:"
+        self._dedupe_window = dedupe_window
         self._snapshot_prefix = f"{{{namespace}}}:snapshot:"
         # How long one XREAD BLOCK waits before the tail asks again.
         self._block_ms = int(block * 1000)
@@ -254,7 +279,10 @@ class RedisEventLog(EventLog):
             raise EventLogError(f"{self.url}: {exc}") from exc
 
     async def _commit(self, operations: list[Operation]) -> list[object]:
-        args: list[Any] = [repr(self.clock())]
+        at = self.clock()
+        # The bucket's hash is kept two windows after its last write: while it is
+        # the one before that of any commit within a window of it.
+        args: list[Any] = [repr(at), int(2_000 * self._dedupe_window)]
         for operation in operations:
             if isinstance(operation, Append):
                 args += ["a", operation.worker, len(operation.events)]
@@ -267,7 +295,7 @@ class RedisEventLog(EventLog):
                 args += ["r", operation.key, operation.worker]
                 args += [operation.event.event_id, operation.event.data]
         with self._translate_errors():
-            replies = await self._commit_script(self._keys, args)
+            replies = await self._commit_script(self._keys + self._id_buckets(at), args)
         results: list[object] = []
         for operation, reply in zip(operations, replies, strict=True):
             if isinstance(operation, Append):
@@ -277,6 +305,11 @@ class RedisEventLog(EventLog):
             else:
                 results.append(bool(reply))
         return results
+
+    def _id_buckets(self, at: float) -> list[str]:
+        """The id hashes of the buckets before, of and after time ``at``."""
+        bucket = int(at // self._dedupe_window)
+        return [f"{self._ids_prefix}{n}" for n in (bucket - 1, bucket, bucket + 1)]
 
     async def _read_rows(self, after: int, limit: int) -> list[LogRow]:
         with self._translate_errors():
