@@ -402,6 +402,11 @@ class EventLog(ABC):
                 try:
                     results = await self._commit([operation for operation, _ in batch])
                 except Exception as exc:  # every caller of the batch learns why it failed
+                    if isinstance(exc, LogUnavailable):
+                        # And every caller queued behind it: each would wait out the
+                        # timeout again for the same answer.
+                        batch += self._pending
+                        self._pending.clear()
                     for _, future in batch:
                         if not future.done():
                             future.set_exception(exc)

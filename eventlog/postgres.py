@@ -175,10 +175,11 @@ class PostgresEventLog(EventLog):
                 conn = await pool.acquire(timeout=self._timeout)
                 try:
                     return await work(conn)
-                except TimeoutError:
-                    # Not answered in time: the connection is dropped rather than
-                    # kept while asyncpg cancels the statement (a hung server would
-                    # answer the cancel no sooner), so releasing it does not wait.
+                except (TimeoutError, asyncio.CancelledError):
+                    # Not answered in time, or the caller gave up waiting: the
+                    # connection is dropped rather than kept while asyncpg cancels the
+                    # statement (a hung server would answer the cancel no sooner), so
+                    # releasing it does not wait.
                     conn.terminate()
                     raise
                 except Exception as exc:
