@@ -152,8 +152,9 @@ class EventLog(ABC):
     pipeline), up to a bounded batch; a lone call is written at once. A backend may
     let up to ``commits_in_flight`` such batches be on their way at once.
 
-    Errors: a backend that cannot be reached raises :class:`LogUnavailable`; the
-    same object works again once it is back. Nothing else from a driver escapes.
+    Errors: a backend that cannot be reached, or does not answer within the log's
+    timeout, raises :class:`LogUnavailable`; the same object works again once it is
+    back. Nothing else from a driver escapes.
     """
 
     # Group commits that may be in flight at once. One: each batch waits for the one
