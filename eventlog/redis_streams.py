@@ -37,7 +37,7 @@ __all__ = ["RedisEventLog"]
 
 # Timeouts
 CLOSE_GRACE = 2.0  # seconds close() waits for connections to close cleanly
-DEFAULT_DEDUPE_WINDOW = 3600.0
+DEFAULT_DEDUPE_WINDOW = 3600.0  # seconds an appended event id is remembered, at the least
 DEFAULT_TIMEOUT = 3.0  # seconds any call may wait for the server (an XREAD: beyond its BLOCK)
 
 # One group commit, applied atomically on the server. KEYS: events stream, head
@@ -228,6 +228,8 @@ class RedisEventLog(EventLog):
         self._keys = [f"{{{namespace}}}:{name}" for name in ("events", "head", "owners")]
         self._stream = self._keys[0]
         self._ids_prefix = f"{{{namespace}}}:ids:"
+        if not dedupe_window > 0:
+            raise EventLogError(f"dedupe_window must be positive seconds, not {dedupe_window!r}")
         self._dedupe_window = dedupe_window
         self._snapshot_prefix = f"{{{namespace}}}:snapshot:"
         # How long one XREAD BLOCK waits before the tail asks again.
