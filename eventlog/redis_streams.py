@@ -26,8 +26,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis import exceptions as redis_exc
 from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
 from ._urls import check_namespace, redact
 from .base import Append, Claim, EventLog, LogRow, Operation

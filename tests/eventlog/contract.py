@@ -375,6 +375,22 @@ class ServerEventLogContract(SharedEventLogContract):
         finally:
             await log.close()
 
+    async def test_calls_after_the_server_restarted_work(
+        self, log_url: str, server: _Server
+    ) -> None:
+        # No call fails: the pooled connections died with the server, unnoticed until
+        # used (the event loop did not run in between), and are replaced.
+        log = await open_log(log_url)
+        try:
+            assert await log.append(heartbeats(2), worker="w") == [1, 2]
+            server.restart()
+            assert await log.append(heartbeats(1), worker="w") == [3]
+            server.restart()
+            assert await log.head() == 3
+            assert await log.claim("s", "w") == "w"
+        finally:
+            await log.close()
+
     async def test_server_frozen_times_out_calls_then_works_again(
         self, log_url: str, server: _Server
     ) -> None:

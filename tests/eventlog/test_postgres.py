@@ -9,7 +9,6 @@ from tests.eventlog.contract import (
     SPAWN,
     ServerEventLogContract,
     _run_processes,
-    heartbeats,
 )
 
 
@@ -61,22 +60,3 @@ async def test_concurrent_openers_in_8_processes_create_the_log_once(
     ]
     outcomes = await _run_processes(processes, results, 8)
     assert sorted(position for _, [position] in outcomes) == list(range(1, 9))
-
-
-async def test_a_commit_after_the_server_restarted_works(
-    postgres_server: PostgresServer, namespace: str
-) -> None:
-    # No call fails: the connections in the pool died with the server, unnoticed
-    # until used (the event loop did not run in between), and are replaced.
-    log = await open_log(f"{postgres_server.url}?namespace={namespace}")
-    try:
-        assert await log.append(heartbeats(2), worker="w") == [1, 2]
-        postgres_server.kill()
-        postgres_server.start()
-        assert await log.append(heartbeats(1), worker="w") == [3]
-        postgres_server.kill()
-        postgres_server.start()
-        assert await log.head() == 3
-        assert await log.claim("s", "w") == "w"
-    finally:
-        await log.close()
