@@ -116,8 +116,8 @@ class _Server:
     def freeze(self) -> None:
         """SIGSTOP every process of the server: it accepts connections (the kernel
         completes them) and answers nothing, as a hung or partitioned server would."""
-        root, *_ = processes = self.processes()
-        self._signal(signal.SIGSTOP, [root])  # first, so it starts no child meanwhile
+        processes = self.processes()
+        self._signal(signal.SIGSTOP, processes[:1])  # first, so it starts no child meanwhile
         self._signal(signal.SIGSTOP, processes[1:])
         self._signal(signal.SIGSTOP, self.processes()[1:])  # any started before it stopped
 
@@ -148,8 +148,9 @@ class _Server:
     def stop(self) -> None:
         if self.process is None:
             return
-        self.thaw()  # a frozen server cannot act on SIGTERM
-        self.process.send_signal(self.stop_signal)  # the root stops its children
+        if self.process.poll() is None:
+            self.thaw()  # a frozen server cannot act on the signal
+            self.process.send_signal(self.stop_signal)  # the root stops its children
         try:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
