@@ -234,11 +234,11 @@ async def test_a_backend_killed_and_restarted_under_load_loses_nothing_acknowled
     server, log_url = backend
 
     async def restart(load: Load, http: aiohttp.ClientSession, holder: str) -> None:
-        server.kill()
+        await asyncio.to_thread(server.kill)  # not blocking the clients meanwhile
         try:
             to_503 = await load.until(lambda: load.count(503) >= SESSIONS)
         finally:
-            server.start()
+            await asyncio.to_thread(server.start)
         acknowledged = len(load.acknowledged())
         recovered = await load.until(lambda: len(load.acknowledged()) > acknowledged)
         print(
