@@ -69,6 +69,14 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 30.0) -> Non
         process.wait()
 
 
+def _exited(process: psutil.Process) -> bool:
+    """Gone, or a zombie (which holds nothing any more) waiting to be reaped."""
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 class _Server:
     """A server process in its own process group, restartable on the same port."""
 
@@ -137,7 +145,9 @@ class _Server:
         processes = self.processes()
         self._signal(signal.SIGKILL, processes)
         self.process.wait()
-        psutil.wait_procs(processes[1:], timeout=READY_TIMEOUT)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not all(map(_exited, processes[1:])) and time.monotonic() < deadline:
+            time.sleep(0.005)  # polling dying processes, not waiting for time to pass
         self.process = None
 
     def restart(self) -> None:
