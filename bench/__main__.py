@@ -23,7 +23,7 @@ from pathlib import Path
 
 import msgspec
 
-from . import eventlog, gateway, plots, profiles, proxy, readme, registry
+from . import eventlog, faults, gateway, memory, plots, profiles, proxy, readme, registry
 from .harness import Row, ScenarioResult, backends, report
 
 RESULTS = Path(__file__).parent / "results"
@@ -59,6 +59,8 @@ SCENARIOS: dict[str, Callable[[Context], ScenarioResult]] = {
     "replay": lambda ctx: registry.replay_scenario(ctx.quick, ctx.workdir),
     "tools-call": _tools_call,
     "proxy": lambda ctx: proxy.scenario(ctx.quick, ctx.urls, ctx.workdir),
+    "memory": lambda ctx: memory.scenario(ctx.quick, ctx.workdir),
+    "faults": lambda ctx: faults.scenario(ctx.quick, ctx.workdir),
     "contextforge": _contextforge,
 }
 # Baselines that take minutes to set up: not part of --quick.

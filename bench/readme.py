@@ -33,6 +33,8 @@ TITLES = {
     "tools-call": "tools/call echo through the gateway vs the MCP SDK server",
     "proxy": "tools/call through a proxy in front of the SDK server",
     "proxy-faults": "What each proxy does on failure (two proxy processes, one store)",
+    "memory": "Worker memory: 3 MiB messages on one session, sessions opened and closed",
+    "faults": "Faults under load: 10 HTTP+SSE clients posting and awaiting each answer",
 }
 # Metrics where more is better; for all others (latency, CPU, ...) less is.
 HIGHER_IS_BETTER = ("events/s", "records/s", "messages/s", "calls/s")
@@ -58,10 +60,21 @@ TARGETS = {
     ("tools-call", "", "p50"): "<= the SDK's",
     ("tools-call", "", "cpu per call"): "<= the SDK's",
 }
-ORDER = ["tools-call", "proxy", "delivery", "sustained", "idle", "append", "read", "replay"]
+ORDER = [
+    "tools-call",
+    "proxy",
+    "delivery",
+    "sustained",
+    "idle",
+    "memory",
+    "append",
+    "read",
+    "replay",
+    "faults",
+]
 # Scenarios with several systems side by side, not one baseline: tables of their own.
 # Conformance rows are in summary.json; the README has its own table for them.
-SPECIAL = {"proxy", "proxy-faults", "conformance"}
+SPECIAL = {"proxy", "proxy-faults", "conformance", "faults"}
 # In summary.json and the results files, not in the README's tables (kept short).
 LEFT_OUT = ("p95", "max")
 
@@ -142,9 +155,49 @@ def render(rows: list[Row]) -> str:
     for scenario in ordered:
         if scenario == "proxy":
             tables += [_proxy_tables(rows), _proxy_faults(rows)]
+        elif scenario == "faults":
+            tables.append(_faults(rows))
         elif scenario not in SPECIAL:
             tables.append(_table(scenario, rows))
     return "\n\n".join(filter(None, tables))
+
+
+# -- faults: one row per case, one column per figure -----------------------------------
+
+FAULT_COLUMNS = (
+    ("longest request", "longest request"),
+    ("readyz 503 after", "/readyz 503 after"),
+    ("answered again after", "answered again after it is back"),
+    ("acknowledged", "acknowledged (202)"),
+    ("unanswered", "unanswered: clients / log"),
+)
+
+
+def _faults(rows: list[Row]) -> str:
+    faults = [r for r in rows if r.scenario == "faults"]
+    if not faults:
+        return ""
+    cases = list(dict.fromkeys((r.backend, r.parameter) for r in faults))
+    found = {(r.backend, r.parameter, r.metric): r for r in faults}
+    lines = [
+        f"**{TITLES['faults']}**",
+        "",
+        "| backend | fault | " + " | ".join(head for _, head in FAULT_COLUMNS) + " |",
+        "|---|---|" + "---:|" * len(FAULT_COLUMNS),
+    ]
+    for backend, fault in cases:
+        cells = []
+        for metric, _ in FAULT_COLUMNS:
+            row = found.get((backend, fault, metric))
+            value = "never" if row is None else _number(row.value, row.unit)
+            if metric == "unanswered":
+                in_log = found.get((backend, fault, "unanswered in log"))
+                value += f" / {_number(in_log.value, '') if in_log else '?'}"
+            elif row is not None and row.unit == "s":
+                value += " s"
+            cells.append(value)
+        lines.append(f"| {backend} | {fault} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 # -- proxy mode: several systems side by side, not one baseline -----------------------

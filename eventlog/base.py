@@ -374,8 +374,8 @@ class EventLog(ABC):
         logger.warning("skipping undecodable record %d in %s: %s", position, self.url, exc)
 
     async def _submit(self, operation: Operation) -> object:
-        if self._closed:
-            raise EventLogError(f"{self.url} is closed")
+        if self._closed:  # a stopping worker's late request: unavailable here, as on PostgreSQL
+            raise LogUnavailable(f"{self.url} is closed")
         self._check_writable()
         future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         self._pending.append((operation, future))

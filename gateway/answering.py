@@ -30,11 +30,11 @@ from eventlog import (
     SessionOpened,
     derived_event_id,
 )
-from projections import SentMessage
+from projections import PendingMessage, SentMessage
 
 from .errors import SessionNotFound
 from .mailbox import Mailbox
-from .protocol import INTERNAL_ERROR, error_response
+from .protocol import INTERNAL_ERROR, error_response, errors
 
 if TYPE_CHECKING:
     from .runtime import WorkerRuntime
@@ -43,6 +43,10 @@ __all__ = ["Answering", "HandlerContext", "MessageHandler", "RelatedSender"]
 
 logger = logging.getLogger("sessionlog.gateway")
 
+# Limits
+# About what the fold keeps of one pending client message besides its bytes (its id,
+# position, time, size): charged against the session's byte budget.
+PENDING_ENTRY_BYTES = 256
 # Seconds before a failed answer is retried, doubling up to the most.
 ANSWER_RETRY_FIRST = 0.05
 ANSWER_RETRY_MAX = 2.0
@@ -76,6 +80,10 @@ class _Responder:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     # Client messages queued or being handled, so none is queued twice.
     queued: set[str] = field(default_factory=set)
+    # While the bytes of its pending messages are read back from the log (after a
+    # takeover or a restart), the ids to queue, in log order, newer ones appended:
+    # whether each is a request decides where it is queued.
+    loading: list[str] | None = None
 
 
 class Answering:
@@ -93,6 +101,9 @@ class Answering:
         self._responders: dict[str, _Responder] = {}
         # Streams following one client message (resumed request streams), by its id.
         self._followers: dict[str, list[asyncio.Queue[SentMessage]]] = {}
+        # The newest position of a client message recorded here: folded before a
+        # session's backlog is measured, so this worker counts its own.
+        self._recorded = 0
         runtime.observers.append(self._react)
         runtime.streams.on_drop.append(self._stop)
 
@@ -126,31 +137,82 @@ class Answering:
         if session is None or session.holder != runtime.worker_id:
             return
         now = runtime.clock()
-        for message_id, pending in session.pending.items():
-            answerer = pending.answered_by
-            if answerer is None or not runtime.projection.is_alive(
-                answerer, now, runtime.worker_ttl
-            ):
-                self._queue(session_id, message_id)
+        due = [
+            message_id
+            for message_id, pending in session.pending.items()
+            if pending.answered_by is None
+            or not runtime.projection.is_alive(pending.answered_by, now, runtime.worker_ttl)
+        ]
+        self._queue(session_id, due)
 
     def queue_all_pending(self) -> None:
         """:meth:`queue_pending` for every session responded to here."""
         for session_id in list(self._responders):
             self.queue_pending(session_id)
 
-    def _queue(self, session_id: str, message_id: str) -> None:
+    def _queue(
+        self, session_id: str, message_ids: list[str], known: dict[int, bytes] | None = None
+    ) -> None:
+        """Queue client messages, in log order. Answers to the server's requests and
+        notifications (cancellations) are handled at once, the rest in the inbox: the
+        request waiting for one may be the inbox's current. Which is which takes the
+        message's bytes: kept here, in ``known``, or first read back from the log."""
         responder = self._responders.get(session_id)
-        if responder is None or message_id in responder.queued:
+        if responder is None:
             return
-        responder.queued.add(message_id)
+        if responder.loading is not None:
+            responder.loading.extend(message_ids)
+            return
         session = self.runtime.projection.session(session_id)
-        pending = session.pending.get(message_id) if session is not None else None
-        if pending is not None and not _is_request(pending.payload):
-            # Answers to the server's requests and notifications (cancellations) are
-            # handled at once: the request waiting for one may be the inbox's current.
-            self.runtime.spawn(self._handle(session_id)(message_id))
-        else:
-            responder.inbox.put(message_id)
+        if session is None:
+            return
+        payloads = self.runtime.streams.payloads
+        for index, message_id in enumerate(message_ids):
+            pending = session.pending.get(message_id)
+            if pending is None or message_id in responder.queued:
+                continue
+            payload = payloads.get(session_id, pending.position)
+            if payload is None and known is not None:
+                payload = known.get(pending.position)
+            if payload is None:
+                responder.loading = message_ids[index:]
+                self.runtime.spawn(self._load(session_id, responder))
+                return
+            responder.queued.add(message_id)
+            if _is_request(payload):
+                responder.inbox.put(message_id)
+            else:
+                self.runtime.spawn(self._handle(session_id)(message_id))
+
+    async def _load(self, session_id: str, responder: _Responder) -> None:
+        """Read back the bytes of the messages ``responder`` is loading, then queue
+        them and whatever arrived meanwhile, in order. If the log cannot be read,
+        they stay pending: the next sweep queues them again."""
+        known: dict[int, bytes] = {}
+        try:
+            session = self.runtime.projection.session(session_id)
+            if session is not None and responder.loading is not None:
+                wanted = [
+                    session.pending[message_id]
+                    for message_id in dict.fromkeys(responder.loading)
+                    if message_id in session.pending
+                ]
+                payloads = self.runtime.streams.payloads
+                for batch in payloads.batches(wanted):
+                    known.update(await payloads.read(session_id, [m.position for m in batch]))
+                for message in wanted:  # unreadable counts as a request (see _is_request)
+                    known.setdefault(message.position, b"")
+        except LogUnavailable as exc:
+            responder.loading = None
+            logger.warning(
+                "session %s: pending messages not read: %s",
+                session_id,
+                exc,
+                extra={"session_id": session_id},
+            )
+            return
+        waiting, responder.loading = responder.loading or [], None
+        self._queue(session_id, waiting, known)
 
     def _handle(self, session_id: str) -> Callable[[str], Awaitable[None]]:
         async def handle(message_id: str) -> None:
@@ -160,13 +222,14 @@ class Answering:
                 pending = session.pending.get(message_id) if session is not None else None
                 if responder is None or pending is None:
                     return  # handled elsewhere, expired, or the session is gone
-                message = orjson.loads(pending.payload)
                 delay = ANSWER_RETRY_FIRST
                 # Retried with backoff while it is this responder's and unanswered,
                 # rather than left to the next sweep (the handler may run again:
                 # at least once, one answer recorded).
                 while responder is self._responders.get(session_id):
                     try:
+                        payload = await self._payload(session_id, pending)
+                        message = orjson.loads(payload)
                         await self.answer(session_id, message_id, message, responder.context)
                         return
                     except LogUnavailable as exc:
@@ -180,7 +243,8 @@ class Answering:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, ANSWER_RETRY_MAX)
                     session = self.runtime.projection.session(session_id)
-                    if session is None or message_id not in session.pending:
+                    pending = session.pending.get(message_id) if session is not None else None
+                    if pending is None:
                         return  # answered after all, expired, or the session is gone
             finally:
                 if responder is not None:
@@ -201,7 +265,7 @@ class Answering:
         ):
             session = self.runtime.projection.session(event.session_id)
             if session is not None and session.holder == self.runtime.worker_id:
-                self._queue(event.session_id, event.id)
+                self._queue(event.session_id, [event.id], {record.position: event.payload})
 
     # -- recording and answering ---------------------------------------------------
 
@@ -212,6 +276,7 @@ class Answering:
 
         Raises:
             SessionNotFound: the session is not open on any worker.
+            ProtocolError: 429, the session's waiting messages are at their budget.
         """
         runtime = self.runtime
         if runtime.projection.session(session_id) is None:
@@ -219,8 +284,32 @@ class Answering:
             await runtime.sync()
             if runtime.projection.session(session_id) is None:
                 raise SessionNotFound(session_id)
+        await self._check_backlog(session_id, payload)
         event = ClientMessage(session_id=session_id, payload=payload)
-        await runtime.log.append([event], worker=runtime.worker_id)
+        [position] = await runtime.log.append([event], worker=runtime.worker_id)
+        self._recorded = max(self._recorded, position)
+
+    async def _check_backlog(self, session_id: str, payload: bytes) -> None:
+        """Refuse a message that would take the session's waiting client messages
+        past its byte budget. Decided from the folded sizes, as every worker folds
+        them, with every message this worker recorded folded first (another
+        worker's, a few records behind, may be missed: one message more accepted).
+
+        Raises:
+            ProtocolError: 429, the backlog is full.
+            LogUnavailable: the log cannot be read.
+        """
+        if self.runtime.projection.position < self._recorded:
+            await self.runtime.sync()
+        session = self.runtime.projection.session(session_id)
+        if session is None:
+            return
+        budget = self.runtime.settings.pending_bytes_per_session
+        # What every worker's fold keeps of each waiting message counts too, so a
+        # flood of tiny messages is bounded as well as a few big ones.
+        waiting = session.pending_bytes + len(session.pending) * PENDING_ENTRY_BYTES
+        if waiting + len(payload) + PENDING_ENTRY_BYTES > budget:
+            raise errors.backlog_full(waiting, budget)
 
     async def receive(self, session_id: str, payload: bytes, message: Any) -> None:
         """A client message for the session, arriving outside a request that could
@@ -245,9 +334,12 @@ class Answering:
         the session's opening, in the same append, for an initialize); return its
         event id and log position. Durable when this returns."""
         runtime = self.runtime
+        if opening is None:
+            await self._check_backlog(session_id, payload)
         event = ClientMessage(session_id=session_id, payload=payload, answered_by=runtime.worker_id)
         events: list[Event] = [event] if opening is None else [opening, event]
         positions = await runtime.log.append(events, worker=runtime.worker_id)
+        self._recorded = max(self._recorded, positions[-1])
         return event.id, positions[-1]
 
     async def answer(
@@ -358,6 +450,18 @@ class Answering:
         )
         return events
 
+    async def _payload(self, session_id: str, pending: PendingMessage) -> bytes:
+        """A pending client message's bytes: kept here, or read back from the log.
+
+        Raises:
+            LogUnavailable: the log cannot be read.
+        """
+        payloads = self.runtime.streams.payloads
+        payload = payloads.get(session_id, pending.position)
+        if payload is None:
+            payload = (await payloads.read(session_id, [pending.position]))[pending.position]
+        return payload
+
     async def answer_shielded(
         self,
         session_id: str,
@@ -389,8 +493,15 @@ class Answering:
         try:
             await runtime.sync()
             last = after
-            sent = await runtime.sent_after(session_id, after, runtime.projection.position)
-            backlog = [each for each in sent if each.reply_to == message_id]
+            backlog = [
+                each
+                async for each in runtime.sent_after(
+                    session_id,
+                    after,
+                    runtime.projection.position,
+                    carries=lambda ref: ref.reply_to == message_id,
+                )
+            ]
             while True:
                 while not followed.empty():
                     backlog.append(followed.get_nowait())
@@ -410,7 +521,8 @@ class Answering:
                     answerer, runtime.clock(), runtime.worker_ttl
                 ):
                     ctx = HandlerContext(session_id, None, {})
-                    await self.answer(session_id, message_id, orjson.loads(pending.payload), ctx)
+                    message = orjson.loads(await self._payload(session_id, pending))
+                    await self.answer(session_id, message_id, message, ctx)
                 else:
                     # A live worker is answering it: wait for its messages, and look
                     # again every heartbeat in case that worker dies meanwhile.

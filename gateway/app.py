@@ -9,7 +9,7 @@ from aiohttp import web
 from . import operations, sse, streamable_http, tools
 from .auth import build_authenticator
 from .dispatch import Dispatcher
-from .http import MAX_BODY, guards
+from .http import BODY_TIMEOUT, MAX_BODY, guards
 from .registry import SessionRegistry
 from .settings import Settings
 from .stateless import STATELESS, BuiltIn, StatelessBackend, StatelessServer
@@ -44,8 +44,13 @@ def build_app(settings: Settings, *, worker_id: str | None = None) -> web.Applic
         at_once=dispatcher.answers_at_once,
     )
     metrics = operations.Metrics(registry)
-    limits = StreamLimits(settings.max_streams_per_identity, settings.max_sessions)
+    limits = StreamLimits(
+        settings.max_streams_per_identity,
+        settings.max_sessions,
+        settings.max_sessions_per_identity,
+    )
     app = web.Application(client_max_size=MAX_BODY, middlewares=guards(settings, authenticator))
+    app[BODY_TIMEOUT] = settings.body_timeout
     sse.add_routes(app, registry, limits)
     streamable_http.add_routes(app, registry, limits)
     operations.add_routes(app, registry, metrics)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import signal
-import subprocess
 import sys
 from typing import Any
 
@@ -16,15 +16,12 @@ from eventlog import EventLogError, redact_url
 
 from . import replay
 from .app import build_app
+from .connections import ACCEPT_BACKLOG, GatewayRunner
 from .operations import JsonLogFormatter
 from .settings import DEFAULT_LOG, Settings, options
+from .supervisor import SUPERVISOR_FD, supervise, watch_supervisor
 
 __all__ = ["main"]
-
-logger = logging.getLogger("sessionlog.gateway")
-
-# Timeouts
-WORKER_STOP_GRACE = 30.0  # s the supervisor waits for workers after SIGTERM
 
 
 def _serve_options(serve: argparse.ArgumentParser) -> None:
@@ -85,8 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         print("sessionlog serve: --workers must be at least 1", file=sys.stderr)
         return 2
     if settings.workers > 1:
+        _configure_logging(settings.log_format)
         return supervise(settings, sys.argv[1:] if argv is None else argv)
-    return serve(settings, reuse_port=os.environ.get("SESSIONLOG_WORKER_OF") is not None)
+    supervisor = os.environ.get(SUPERVISOR_FD)
+    return serve(settings, supervisor=None if supervisor is None else int(supervisor))
 
 
 def _configure_logging(log_format: str) -> None:
@@ -98,74 +97,57 @@ def _configure_logging(log_format: str) -> None:
     logging.basicConfig(level=logging.INFO, handlers=[handler])
 
 
-def serve(settings: Settings, *, reuse_port: bool = False) -> int:
-    """Run one gateway worker until SIGINT or SIGTERM; stopping records WorkerStopped."""
+def serve(settings: Settings, *, supervisor: int | None = None) -> int:
+    """Run one gateway worker until SIGINT or SIGTERM; stopping records WorkerStopped.
+
+    A worker of a supervisor (``supervisor``: its end of the supervisor's pipe) shares
+    the port with its siblings, and stops when the supervisor is gone.
+    """
     _configure_logging(settings.log_format)
     try:
         app = build_app(settings)
     except (ValueError, EventLogError) as exc:
         print(f"sessionlog serve: {exc}", file=sys.stderr)
         return 1
+    reuse_port = supervisor is not None
+    if supervisor is not None:
 
-    def serving(_: str) -> None:
-        # Said once the log is open and the port bound, never before a failure.
-        base = f"http://{settings.host}:{settings.port}"
-        print(f"sessionlog: MCP at {base}/mcp (Streamable HTTP) and {base}/sse (HTTP+SSE)")
-        print(f"sessionlog: log {redact_url(settings.log_url)}", flush=True)
+        async def watch(app: web.Application) -> None:
+            watch_supervisor(supervisor)
+
+        app.on_startup.append(watch)
+
+    async def run() -> None:
+        access_log = logging.getLogger("aiohttp.access") if settings.access_log else None
+        runner = GatewayRunner(app, settings, access_log)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            await runner.setup()
+            site = web.TCPSite(
+                runner,
+                settings.host,
+                settings.port,
+                backlog=ACCEPT_BACKLOG,
+                reuse_port=reuse_port,
+            )
+            await site.start()
+            if not reuse_port:
+                # Said once the log is open and the port bound, never before a failure.
+                base = f"http://{settings.host}:{settings.port}"
+                print(f"sessionlog: MCP at {base}/mcp (Streamable HTTP) and {base}/sse (HTTP+SSE)")
+                print(f"sessionlog: log {redact_url(settings.log_url)}", flush=True)
+            await stop.wait()
+        finally:
+            await runner.cleanup()
 
     try:
-        # handler_cancellation: a client that goes away ends its stream's handler at once.
-        web.run_app(
-            app,
-            host=settings.host,
-            port=settings.port,
-            print=None if reuse_port else serving,
-            handler_cancellation=True,
-            reuse_port=reuse_port,
-            access_log=logging.getLogger("aiohttp.access") if settings.access_log else None,
-        )
+        asyncio.run(run())
     except (EventLogError, OSError) as exc:  # the log or the port, at start-up: one line
         print(f"sessionlog serve: {exc}", file=sys.stderr)
         return 1
-    return 0
-
-
-def supervise(settings: Settings, argv: list[str]) -> int:
-    """Run ``settings.workers`` worker processes on one port (SO_REUSEPORT: the
-    kernel spreads connections), restart any that dies, stop them all on SIGTERM."""
-    command = [sys.executable, "-m", "gateway", *argv, "--workers", "1"]
-    env = {**os.environ, "SESSIONLOG_WORKER_OF": str(os.getpid())}
-    base = f"http://{settings.host}:{settings.port}"
-    print(f"sessionlog: {settings.workers} workers; MCP at {base}/mcp and {base}/sse")
-    print(f"sessionlog: log {redact_url(settings.log_url)}")
-    sys.stdout.flush()
-    workers = [subprocess.Popen(command, env=env) for _ in range(settings.workers)]
-    stopping = False
-
-    def stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        for worker in workers:
-            if worker.poll() is None:
-                worker.send_signal(signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    while not stopping:
-        pid, status = os.wait()
-        for index, worker in enumerate(workers):
-            if worker.pid == pid and not stopping:
-                worker.returncode = os.waitstatus_to_exitcode(status)
-                logging.getLogger("sessionlog.gateway").warning(
-                    "worker %d exited (%s); starting another", pid, worker.returncode
-                )
-                workers[index] = subprocess.Popen(command, env=env)
-    for worker in workers:
-        try:
-            worker.wait(timeout=WORKER_STOP_GRACE)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
     return 0
 
 

@@ -5,9 +5,11 @@ A session's stream is held on one worker at a time, the owner recorded in the lo
 (a claim). Server messages for it reach this worker through the tail and go out in
 log order through a mailbox per stream; one this worker appended itself goes out as
 soon as it is durable, when the tail has folded everything before it (no wait for
-the tail to read it back). A client that reads slower than that is cut off (it
-resumes from its last event id). A claim by another worker, or the session's close,
-ends the stream here.
+the tail to read it back). A client that reads slower than that (a thousand
+messages, or 32 MiB, queued) is cut off (it resumes from its last event id). A
+claim by another worker, or the session's close, ends the stream here. The bytes of
+a held session's messages are kept here, within budgets (:mod:`.payloads`): no
+other worker keeps them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from eventlog import (
+    ClientMessage,
     LogUnavailable,
     OwnerClaimed,
     Record,
@@ -30,6 +33,7 @@ from eventlog.events import CloseReason
 from projections import SentMessage
 
 from .mailbox import Mailbox
+from .payloads import Payloads
 
 if TYPE_CHECKING:
     from .runtime import WorkerRuntime
@@ -40,7 +44,10 @@ logger = logging.getLogger("sessionlog.gateway")
 
 # Limits
 TAKEOVER_ATTEMPTS = 5  # compare-and-set rounds before a takeover gives up
-OUTBOX_LIMIT = 1000  # server messages queued for one stream before its client counts as stuck
+# Server messages, and their bytes, queued for one stream before its client counts
+# as stuck.
+OUTBOX_LIMIT = 1000
+OUTBOX_BYTES = 32 * 2**20
 
 
 @runtime_checkable
@@ -66,6 +73,7 @@ class _Held:
     owned: bool = False
     # The newest position put in the outbox: the tail skips what was sent at once.
     queued_upto: int = 0
+    queued_bytes: int = 0  # of the messages in the outbox
 
 
 class HeldStreams:
@@ -77,6 +85,15 @@ class HeldStreams:
         # Told how long each server message for a stream held here took from its
         # append to being queued for the stream (the gateway's delivery-latency metric).
         self.delivery_observer: Callable[[float], None] | None = None
+        # The bytes of the messages of the sessions held here (no other worker keeps
+        # them): what their responders answer and resuming clients get resent.
+        settings = runtime.settings
+        self.payloads = Payloads(
+            lambda: runtime.log,
+            lambda: runtime.projection,
+            per_session=settings.payload_cache_per_session,
+            per_worker=settings.payload_cache_per_worker,
+        )
         runtime.observers.append(self._react)
 
     def __contains__(self, session_id: str) -> bool:
@@ -147,11 +164,18 @@ class HeldStreams:
         log, worker = self.runtime.log, self.runtime.worker_id
         await asyncio.gather(*(log.release(each, worker, reason=reason) for each in held))
 
-    async def close(self, session_id: str, reason: CloseReason) -> None:
-        """Disconnect the stream, give up ownership, record why the session closed."""
+    async def close(self, session_id: str, reason: CloseReason, *, if_held: bool = False) -> None:
+        """Disconnect the stream, give up ownership, record why the session closed.
+
+        ``if_held``: only if this worker still holds the session in the log. A stream
+        that ended here (its client gone, a send failed) leaves the session to the
+        worker that took it over meanwhile, while this one was frozen or cut off.
+        """
         runtime = self.runtime
         await self.drop(session_id, disconnect=True)
-        await runtime.log.release(session_id, runtime.worker_id)
+        released = await runtime.log.release(session_id, runtime.worker_id)
+        if if_held and not released:
+            return
         await runtime.sync()
         if runtime.projection.session(session_id) is not None:
             closed = SessionClosed(session_id=session_id, reason=reason)
@@ -165,7 +189,7 @@ class HeldStreams:
         """Close the sessions whose client went away without a word."""
         for session_id, held in list(self._held.items()):
             if not await held.transport.is_connected():
-                await self.close(session_id, "disconnected")
+                await self.close(session_id, "disconnected", if_held=True)
 
     async def drop(self, session_id: str, *, disconnect: bool) -> None:
         held = self._held.pop(session_id, None)
@@ -173,6 +197,7 @@ class HeldStreams:
             await self._let_go(session_id, held, disconnect=disconnect)
 
     async def _let_go(self, session_id: str, held: _Held, *, disconnect: bool) -> None:
+        self.payloads.forget(session_id)
         for told in self.on_drop:
             told(session_id)
         await held.outbox.close()
@@ -191,6 +216,8 @@ class HeldStreams:
         folded everything before the batch, so the stream keeps log order; otherwise
         the tail sends it when it gets there."""
         held = self._held.get(session_id)
+        if held is not None:
+            self.payloads.keep(session_id, message.position, message.payload)
         if held is not None and held.owned and self.runtime.projection.position >= first - 1:
             self._queue(session_id, held, message, since)
 
@@ -202,7 +229,8 @@ class HeldStreams:
         if self.delivery_observer is not None:
             self.delivery_observer(max(0.0, runtime.clock() - since))
         held.outbox.put(message)
-        if len(held.outbox) > OUTBOX_LIMIT:
+        held.queued_bytes += len(message.payload)
+        if len(held.outbox) > OUTBOX_LIMIT or held.queued_bytes > OUTBOX_BYTES:
             # The client reads slower than it is sent to: end its stream rather
             # than queue without bound. It may resume from its last event id.
             logger.warning(
@@ -220,8 +248,12 @@ class HeldStreams:
             return
         runtime = self.runtime
         if isinstance(event, ServerMessage):
+            self.payloads.keep(session_id, record.position, event.payload)
             sent = SentMessage(record.position, event.payload, event.reply_to)
             self._queue(session_id, held, sent, record.at)
+        elif isinstance(event, ClientMessage):
+            if event.answered_by is None:  # this worker's to answer, as the owner
+                self.payloads.keep(session_id, record.position, event.payload)
         elif held.owned and (
             isinstance(event, SessionClosed)
             or (
@@ -238,6 +270,7 @@ class HeldStreams:
             held = self._held.get(session_id)
             if held is None:
                 return
+            held.queued_bytes -= len(message.payload)
             try:
                 await held.transport.deliver(message)
             except Exception as exc:
@@ -247,6 +280,7 @@ class HeldStreams:
                     exc,
                     extra={"session_id": session_id},
                 )
-                self.runtime.spawn_recorded(session_id, self.close(session_id, "disconnected"))
+                closing = self.close(session_id, "disconnected", if_held=True)
+                self.runtime.spawn_recorded(session_id, closing)
 
         return send

@@ -57,8 +57,15 @@ class Housekeeping:
             await asyncio.sleep(settings.heartbeat_interval)
 
     async def heartbeat(self) -> None:
+        """Say this worker is alive. While heartbeats cannot be written (a disk full or
+        read-only, a log that refuses writes) the worker is not ready for traffic."""
         runtime = self.runtime
-        await runtime.log.append([WorkerHeartbeat()], worker=runtime.worker_id)
+        try:
+            await runtime.log.append([WorkerHeartbeat()], worker=runtime.worker_id)
+        except LogUnavailable as exc:
+            runtime.problems["writes"] = f"writes fail: {exc}"
+            raise
+        runtime.problems.pop("writes", None)
 
     def notice_dead_workers(self) -> None:
         """Once a worker is seen dead, the messages it was answering within their

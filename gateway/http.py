@@ -1,9 +1,9 @@
-"""What both MCP transports share over HTTP: turning a :class:`ProtocolError` into
-a response, reading a body, and the guards every request passes (errors as JSON-RPC,
-DNS-rebinding, auth)."""
+"""What both MCP transports share over HTTP: reading a body, and the guards every
+request passes (errors as JSON-RPC, DNS-rebinding, auth)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -14,11 +14,14 @@ from aiohttp import web
 from projections import SessionState
 
 from .auth import Authenticator, AuthError
+from .connections import Connection, error_reply
+from .errors import WorkerStopping
 from .protocol import ProtocolError, errors
 from .runtime import WorkerRuntime
 from .settings import LOOPBACK_HOSTS, Settings
 
 __all__ = [
+    "BODY_TIMEOUT",
     "IDENTITY",
     "MAX_BODY",
     "error_reply",
@@ -34,32 +37,38 @@ logger = logging.getLogger("sessionlog.gateway")
 MAX_BODY = 4 * 2**20  # bytes of one POST
 # The request's identity (a JWT's sub), None when auth is off.
 IDENTITY = web.RequestKey("identity", str | None)
+# Seconds a client may take to send a body (the app's settings.body_timeout).
+BODY_TIMEOUT = web.AppKey("body_timeout", float)
 # Paths a load balancer or Prometheus reach without credentials.
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def error_reply(error: ProtocolError) -> web.Response:
-    """The HTTP response for ``error``."""
-    return web.Response(
-        status=error.status,
-        body=error.body(),
-        content_type="application/json",
-        headers=error.headers,
-    )
-
-
 async def read_body(request: web.Request) -> bytes:
     """The request's body, as sent.
 
     Raises:
-        ProtocolError: 413 past MAX_BODY.
+        ProtocolError: 413 past MAX_BODY; 408 when it is not all there within the
+            app's BODY_TIMEOUT (the connection then closes after the answer).
     """
+    timeout = request.app[BODY_TIMEOUT]
+    connection = request.protocol if isinstance(request.protocol, Connection) else None
+    if connection is not None:
+        connection.body_started()
     try:
-        return await request.read()
+        async with asyncio.timeout(timeout):
+            return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise errors.body_too_large(MAX_BODY) from None
+    except TimeoutError:
+        # The rest will not be waited for: the connection ends once answered.
+        request.protocol.close()
+        request.content.feed_eof()
+        raise errors.request_timeout("body", timeout) from None
+    finally:
+        if connection is not None:
+            connection.body_ended()
 
 
 def _allowed(value: str, allowed: tuple[str, ...]) -> bool:
@@ -82,12 +91,26 @@ def guards(settings: Settings, authenticator: Authenticator | None) -> list[Any]
     allowed_origins = settings.allowed_origins or (() if loopback else ("*",))
 
     @web.middleware
+    async def track_connection(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """A connection in a request is not waiting for its client's headers."""
+        connection = request.protocol
+        if not isinstance(connection, Connection):  # served by a plain aiohttp runner
+            return await handler(request)
+        connection.request_started()
+        try:
+            return await handler(request)
+        finally:
+            connection.request_ended()
+
+    @web.middleware
     async def json_rpc_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         """Every error answer is JSON-RPC, and nothing escapes as a traceback."""
         try:
             return await handler(request)
         except ProtocolError as error:
             return error_reply(error)
+        except WorkerStopping:
+            return error_reply(errors.worker_stopping())
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -127,7 +150,7 @@ def guards(settings: Settings, authenticator: Authenticator | None) -> list[Any]
                 raise errors.unauthorized(str(exc), exc.error) from None
         return await handler(request)
 
-    return [json_rpc_errors, rebinding_guard, authenticate]
+    return [track_connection, json_rpc_errors, rebinding_guard, authenticate]
 
 
 async def find_session(

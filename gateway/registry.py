@@ -33,6 +33,7 @@ from projections import SentMessage
 
 from . import lifecycle
 from .answering import HandlerContext, MessageHandler
+from .errors import WorkerStopping
 from .held_streams import Transport
 from .runtime import WorkerRuntime
 from .settings import Settings
@@ -184,7 +185,7 @@ class SessionRegistry:
         methods do); never after :meth:`shutdown`."""
         if self._runtime is None:
             if self._shut_down:
-                raise RuntimeError("SessionRegistry has been shut down")
+                raise WorkerStopping("SessionRegistry has been shut down")
             await self.initialize()
         return self.runtime
 
@@ -292,6 +293,8 @@ class SessionRegistry:
 
         Raises:
             SessionNotFound: the session is not open on any worker.
+            ProtocolError: 429, the session's messages waiting for answers are at
+                their byte budget (``pending_bytes_per_session``); nothing was sent.
             LogUnavailable: the log cannot be reached; nothing was sent.
         """
         runtime = await self.started()

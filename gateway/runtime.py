@@ -19,15 +19,15 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 
-from eventlog import EventLog, LogUnavailable, Record, ServerMessage, WorkerStarted, WorkerStopped
+from eventlog import EventLog, LogUnavailable, Record, WorkerStarted, WorkerStopped
 from projections import (
-    SERVER_HISTORY,
     SNAPSHOT_NAME,
     RegistryProjection,
     SentMessage,
+    SentRef,
     encode_snapshot,
 )
 
@@ -63,7 +63,7 @@ class WorkerRuntime:
         self.worker_id = worker_id
         self.settings = settings or Settings()
         self.clock = clock
-        self.projection = RegistryProjection()
+        self.projection = RegistryProjection(closed_retention=self.settings.closed_retention)
         # Told of every record as it is folded, in this order; they must not block.
         self.observers: list[Callable[[Record], None]] = []
         self.streams = HeldStreams(self)
@@ -98,6 +98,7 @@ class WorkerRuntime:
         them with an injected clock instead of waiting).
         """
         self.projection = await load_latest(self.log)
+        self.projection.closed_retention = self.settings.closed_retention
         # Observers hear from the tail on: nothing held here has a past to react to,
         # and without a listener a page is folded at once.
         await catch_up(self.log, self.projection)
@@ -199,29 +200,17 @@ class WorkerRuntime:
 
     # -- reading what was sent -----------------------------------------------------
 
-    async def sent_after(self, session_id: str, after: int, upto: int) -> list[SentMessage]:
-        """The session's server messages with positions in (after, upto], in order:
-        from the projection's history when it reaches back far enough, else the log."""
-        session = self.projection.session(session_id)
-        sent = session.sent if session is not None else []
-        if len(sent) < SERVER_HISTORY or sent[0].position <= after + 1:
-            return [m for m in sent if after < m.position <= upto]
-        found: list[SentMessage] = []
-        position = after
-        while position < upto:
-            records, reached = await self.log.read_page(position, 1000)
-            if reached == position:
-                break  # the log ends before ``upto`` (it should not)
-            position = reached
-            for record in records:
-                event = record.event
-                if (
-                    isinstance(event, ServerMessage)
-                    and event.session_id == session_id
-                    and record.position <= upto
-                ):
-                    found.append(SentMessage(record.position, event.payload, event.reply_to))
-        return found
+    def sent_after(
+        self,
+        session_id: str,
+        after: int,
+        upto: int,
+        carries: Callable[[SentRef], bool] | None = None,
+    ) -> AsyncIterator[SentMessage]:
+        """The session's server messages with positions in (after, upto] (those
+        ``carries``, if given), in order: their bytes kept here for a stream held
+        here, or read back from the log a batch at a time (see :mod:`.payloads`)."""
+        return self.streams.payloads.sent_after(session_id, after, upto, carries)
 
     # -- background work ---------------------------------------------------------
 

@@ -81,7 +81,43 @@ class Settings:
     max_sessions: int = _setting(
         10_000, "open sessions a worker creates new ones up to", group=_LIMITS, parse=int
     )
+    max_sessions_per_identity: int = _setting(
+        1_000,
+        "open sessions of one authenticated identity (anonymous ones: only max-sessions)",
+        group=_LIMITS,
+        parse=int,
+    )
+    pending_bytes_per_session: int = _setting(
+        16 * 2**20,
+        "bytes of client messages a session may have waiting for their answers; "
+        "more are refused (429) until some are answered",
+        group=_LIMITS,
+        parse=int,
+    )
+    payload_cache_per_session: int = _setting(
+        8 * 2**20,
+        "bytes of message payloads kept for one session held here (the rest is read "
+        "back from the log)",
+        group=_LIMITS,
+        parse=int,
+    )
+    payload_cache_per_worker: int = _setting(
+        64 * 2**20, "bytes of message payloads kept on one worker", group=_LIMITS, parse=int
+    )
+    max_connections: int = _setting(
+        0,
+        "open connections of one worker; past it, one waiting longest for its client's "
+        "request is dropped, or the new one refused (0: the file descriptor limit less 320)",
+        group=_LIMITS,
+        parse=int,
+    )
     # Timeouts, in seconds
+    header_timeout: float = _setting(
+        5.0, "seconds a client may take to send a request's headers", group=_LIMITS, parse=float
+    )
+    body_timeout: float = _setting(
+        10.0, "seconds a client may take to send a request's body", group=_LIMITS, parse=float
+    )
     session_ttl: float = _setting(
         3600.0, "seconds an unheld session may idle before it expires", group=_LIMITS, parse=float
     )
@@ -97,8 +133,21 @@ class Settings:
     sweep_interval: float = _setting(
         30.0, "seconds between looks for what has expired", group=_LIMITS, parse=float
     )
+    restart_delay: float = _setting(
+        0.5,
+        "seconds before restarting a crashed worker (--workers); doubles in a crash loop, to 30",
+        group=_LIMITS,
+        parse=float,
+    )
     snapshot_every: int = _setting(
         10_000, "records between snapshots of the registry", group=_LIMITS, parse=int
+    )
+    closed_retention: float = _setting(
+        86_400.0,
+        "seconds (of the log's record times) the registry remembers a closed session "
+        "or a silent worker; the log keeps its history",
+        group=_LIMITS,
+        parse=float,
     )
     log_format: str = _setting("text", "json: one JSON object per line", choices=("text", "json"))
     access_log: bool = _setting(

@@ -41,11 +41,11 @@ async def open_stream(request: web.Request) -> web.StreamResponse:
         if resumed is not None:
             await find_session(runtime, resumed, identity)
         else:
-            await request.app[LIMITS].check_new_session(runtime)
+            await request.app[LIMITS].check_new_session(runtime, identity)
         session_id = resumed or secrets.token_hex(16)
     except LogUnavailable as exc:
         raise unavailable(exc) from None
-    with request.app[LIMITS].opened(identity):
+    with request.app[LIMITS].opened(request):
         stream = event_stream()
         transport = EventStreamTransport(session_id, stream, "sse", carries=lambda _: True)
 

@@ -98,7 +98,7 @@ async def post(request: web.Request) -> web.StreamResponse:
     try:
         runtime = await registry.started()
         if inbound.session_id is None:  # initialize
-            await request.app[LIMITS].check_new_session(runtime)
+            await request.app[LIMITS].check_new_session(runtime, identity)
             session_id = secrets.token_hex(16)
             opening: SessionOpened | None = SessionOpened(
                 session_id=session_id, transport="streamable-http", user=identity
@@ -191,7 +191,7 @@ async def get(request: web.Request) -> web.StreamResponse:
         # (an upstream's sampling, say) is not lost.
         after = session.stream_ended_position or session.opened_position
     priming = (session.protocol_version or ASSUMED_VERSION) >= PRIMING_SINCE
-    with request.app[LIMITS].opened(identity):
+    with request.app[LIMITS].opened(request):
         stream = event_stream(_reply_headers(session_id))
         transport = EventStreamTransport(
             session_id, stream, "streamable-http", carries=lambda sent: sent.reply_to is None

@@ -35,6 +35,7 @@ __all__ = [
     "StreamLimits",
     "event_stream",
     "hold_stream",
+    "stream_owner",
 ]
 
 logger = logging.getLogger("sessionlog.gateway")
@@ -92,30 +93,51 @@ class EventStreamTransport:
         return not self.stream.prepared or self.stream.is_connected()
 
 
-class StreamLimits:
-    """Caps: open streams per identity on this worker; open sessions in the log."""
+def stream_owner(request: web.Request) -> str:
+    """Whom a stream counts against: its identity, or with none (auth off) the
+    address it comes from. The TCP peer's, never X-Forwarded-For, which any client
+    can write: behind a proxy, every client shares the proxy's address."""
+    identity = request[IDENTITY]
+    return f"user:{identity}" if identity is not None else f"peer:{request.remote}"
 
-    def __init__(self, per_identity: int, max_sessions: int) -> None:
+
+class StreamLimits:
+    """Caps: open streams per identity (or peer address) on this worker; open
+    sessions in the log, in all and per identity."""
+
+    def __init__(
+        self, per_identity: int, max_sessions: int, max_sessions_per_identity: int
+    ) -> None:
         self.per_identity = per_identity
         self.max_sessions = max_sessions
-        self._open: Counter[str | None] = Counter()
+        self.max_sessions_per_identity = max_sessions_per_identity
+        self._open: Counter[str] = Counter()
 
-    async def check_new_session(self, runtime: WorkerRuntime) -> None:
+    async def check_new_session(self, runtime: WorkerRuntime, identity: str | None) -> None:
+        """Refuse a new session past the caps: the global one (503: the gateway is
+        full) or the identity's own (429: that identity should close some first).
+        Every worker counts from the same folded log."""
         await runtime.sync()  # sessions opened a moment ago, on any worker, count
-        if len(runtime.projection.state.sessions) >= self.max_sessions:
+        state = runtime.projection.state
+        if identity is not None:
+            if state.open_by_user.get(identity, 0) >= self.max_sessions_per_identity:
+                raise errors.too_many_sessions_for_identity(self.max_sessions_per_identity)
+        if len(state.sessions) >= self.max_sessions:
             raise errors.too_many_sessions()
 
     @contextlib.contextmanager
-    def opened(self, identity: str | None):  # type: ignore[no-untyped-def]
-        if self._open[identity] >= self.per_identity:
+    def opened(self, request: web.Request):  # type: ignore[no-untyped-def]
+        """Count a stream of the request's identity (or peer) while it is open."""
+        owner = stream_owner(request)
+        if self._open[owner] >= self.per_identity:
             raise errors.too_many_streams(self.per_identity)
-        self._open[identity] += 1
+        self._open[owner] += 1
         try:
             yield
         finally:
-            self._open[identity] -= 1
-            if not self._open[identity]:
-                del self._open[identity]
+            self._open[owner] -= 1
+            if not self._open[owner]:
+                del self._open[owner]
 
 
 def event_stream(headers: dict[str, str] | None = None) -> EventSourceResponse:
@@ -154,7 +176,7 @@ async def hold_stream(
             if first_event is not None:
                 await first_event(cutoff if after is None else after)
             if after is not None:
-                for message in await runtime.sent_after(session_id, after, cutoff):
+                async for message in runtime.sent_after(session_id, after, cutoff):
                     await transport.send_event(message)
             transport.start(cutoff)
             await stream.wait()
@@ -166,6 +188,6 @@ async def hold_stream(
         with contextlib.suppress(LogUnavailable):
             if runtime.streams.transport(session_id) is transport:
                 if on_end == "close":
-                    await runtime.streams.close(session_id, "disconnected")
+                    await runtime.streams.close(session_id, "disconnected", if_held=True)
                 else:
                     await runtime.streams.release(session_id, "disconnected")

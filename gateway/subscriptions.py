@@ -109,7 +109,7 @@ class Subscriptions:
         meta = {SUBSCRIPTION_ID_KEY: inbound.id}
         identity = request[IDENTITY]
         listener: asyncio.Queue[Record | None] = asyncio.Queue()
-        with self.limits.opened(identity):
+        with self.limits.opened(request):
             try:
                 runtime = await self.registry.started()
                 received = StatelessRequest(

@@ -126,7 +126,8 @@ class UpstreamListeners:
             listening.task.cancel()
             if session is None:  # closed: its claim is of no use to anyone now
                 self._spawn(self._release(session_id))
-                if runtime.projection.state.closed.get(session_id) != "client":
+                closed = runtime.projection.state.closed.get(session_id)
+                if closed is None or closed.reason != "client":
                     # Expired or gone with its stream: end its upstream session too (a
                     # client's DELETE has ended it already), here, by the one listener.
                     self._spawn(self.upstream.end_session(listening.upstream_session))

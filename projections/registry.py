@@ -34,17 +34,23 @@ from eventlog import (
 )
 
 __all__ = [
+    "CLOSED_RETENTION",
     "SERVER_HISTORY",
+    "ClosedSession",
     "PendingMessage",
     "RegistryProjection",
     "RegistryState",
     "SentMessage",
+    "SentRef",
     "SessionState",
     "WorkerState",
 ]
 
 # Limits
-SERVER_HISTORY = 100  # server messages kept per open session, for resuming streams
+SERVER_HISTORY = 100  # server messages indexed per open session, for resuming streams
+# Seconds (of the records' own times) a closed session, or a worker gone silent, is
+# remembered before the fold forgets it; the log still has its whole history.
+CLOSED_RETENTION = 86_400.0
 
 # Records whose only effect (besides the position and the worker's last_seen) is on
 # their session's SessionState. A SessionClosed of that session later on drops that
@@ -55,21 +61,37 @@ _DROPPED_AT_CLOSE = frozenset(
 
 
 class PendingMessage(msgspec.Struct, array_like=True, gc=False):
-    """A client message appended but not yet handled."""
+    """A client message appended but not yet handled: where it is in the log and its
+    size, not its bytes (every worker folds it; only the one answering reads it)."""
 
     message_id: str
     position: int
     at: float
-    payload: bytes
+    size: int
     answered_by: str | None = None
 
 
+class SentRef(msgspec.Struct, array_like=True, gc=False):
+    """A server message for a session, by log position (the SSE event id), with its
+    size: where to read it, not its bytes."""
+
+    position: int
+    size: int
+    reply_to: str | None
+
+
 class SentMessage(msgspec.Struct, array_like=True, gc=False):
-    """A server message for a session, by log position (the SSE event id)."""
+    """A server message with its bytes, as a stream sends it: folded from the log or
+    read back from it by position (never kept in the state)."""
 
     position: int
     payload: bytes
     reply_to: str | None
+
+
+class ClosedSession(msgspec.Struct, array_like=True, gc=False):
+    reason: str
+    at: float  # the SessionClosed record's time: when the fold may forget it
 
 
 class SessionState(msgspec.Struct, kw_only=True):
@@ -96,10 +118,13 @@ class SessionState(msgspec.Struct, kw_only=True):
     upstream_version: str | None = None
     listener: str | None = None
     upstream_event_id: str | None = None
-    # Client messages by event id, in log order (dicts keep insertion order).
+    # Client messages by event id, in log order (dicts keep insertion order), and
+    # the sum of their sizes: what the session has waiting, which its byte budget
+    # caps.
     pending: dict[str, PendingMessage] = {}
+    pending_bytes: int = 0
     # The newest server messages, oldest first, at most SERVER_HISTORY.
-    sent: list[SentMessage] = []
+    sent: list[SentRef] = []
 
 
 class WorkerState(msgspec.Struct, kw_only=True):
@@ -123,16 +148,25 @@ class RegistryState(msgspec.Struct, kw_only=True):
     # The identity each session belongs to (claims of role "user"). Kept apart from
     # ``sessions``: an identity may claim a session id before the session opens.
     users: dict[str, str] = {}
-    # Why sessions closed, kept so a late reader can say "closed (expired)" rather
-    # than "unknown"; bounded by the number of sessions ever opened in the log.
-    closed: dict[str, str] = {}
+    # Open sessions per identity they were opened by (anonymous ones not counted),
+    # for the per-identity cap; an identity with none has no entry.
+    open_by_user: dict[str, int] = {}
+    # Why sessions closed, in the order they closed, so a late reader can say
+    # "closed (expired)" rather than "unknown"; forgotten after the retention
+    # window (then: unknown here, the log still says).
+    closed: dict[str, ClosedSession] = {}
 
 
 class RegistryProjection:
     """Folds records into a :class:`RegistryState`, one at a time, in log order."""
 
-    def __init__(self, state: RegistryState | None = None) -> None:
+    def __init__(
+        self, state: RegistryState | None = None, *, closed_retention: float = CLOSED_RETENTION
+    ) -> None:
         self.state = state if state is not None else RegistryState()
+        # A setting, not state: every worker of a log must use the same one for their
+        # folds to agree (a snapshot of another's converges at the next forgetting).
+        self.closed_retention = closed_retention
         # Told of every record once it is folded (never of one folded before): how a
         # worker reacts to the log without a second pass over it.
         self.listener: Callable[[Record], None] | None = None
@@ -251,8 +285,12 @@ class RegistryProjection:
         return session
 
     def _session_opened(self, record: Record, event: SessionOpened) -> None:
-        self.state.closed.pop(event.session_id, None)
-        self.state.sessions[event.session_id] = SessionState(
+        state = self.state
+        state.closed.pop(event.session_id, None)
+        replaced = state.sessions.get(event.session_id)
+        if replaced is not None and replaced.user is not None:
+            self._count_user(replaced.user, -1)
+        state.sessions[event.session_id] = SessionState(
             session_id=event.session_id,
             transport=event.transport,
             user=event.user,
@@ -261,11 +299,37 @@ class RegistryProjection:
             opened_by=record.worker,
             last_activity=record.at,
         )
+        if event.user is not None:
+            self._count_user(event.user, 1)
 
     def _session_closed(self, record: Record, event: SessionClosed) -> None:
-        if self.state.sessions.pop(event.session_id, None) is not None:
-            self.state.closed[event.session_id] = event.reason
-            self.state.users.pop(event.session_id, None)
+        state = self.state
+        session = state.sessions.pop(event.session_id, None)
+        if session is not None:
+            if session.user is not None:
+                self._count_user(session.user, -1)
+            state.closed[event.session_id] = ClosedSession(event.reason, record.at)
+            state.users.pop(event.session_id, None)
+        self._forget_closed(record.at - self.closed_retention)
+
+    def _count_user(self, user: str, change: int) -> None:
+        counts = self.state.open_by_user
+        count = counts.get(user, 0) + change
+        if count > 0:
+            counts[user] = count
+        else:
+            counts.pop(user, None)
+
+    def _forget_closed(self, horizon: float) -> None:
+        """Forget sessions closed before ``horizon`` (a time the records carry, so
+        every fold forgets alike)."""
+        closed = self.state.closed
+        # Oldest first (insertion order), so this stops at the first one to keep.
+        while closed:
+            session_id = next(iter(closed))
+            if closed[session_id].at >= horizon:
+                break
+            del closed[session_id]
 
     def _owner_claimed(self, record: Record, event: OwnerClaimed) -> None:
         session = self._touch(record, event.session_id)
@@ -292,16 +356,18 @@ class RegistryProjection:
         session = self.state.sessions.get(event.session_id)
         if session is not None:  # _touch, inlined: the hottest handlers
             session.last_activity = record.at
+            size = len(event.payload)  # (an event id is in the log once: no replacing)
             session.pending[event.id] = PendingMessage(
-                event.id, record.position, record.at, event.payload, event.answered_by
+                event.id, record.position, record.at, size, event.answered_by
             )
+            session.pending_bytes += size
 
     def _server_message(self, record: Record, event: ServerMessage) -> None:
         session = self.state.sessions.get(event.session_id)
         if session is not None:
             session.last_activity = record.at
             sent = session.sent
-            sent.append(SentMessage(record.position, event.payload, event.reply_to))
+            sent.append(SentRef(record.position, len(event.payload), event.reply_to))
             if event.upstream_event_id is not None:
                 session.upstream_event_id = event.upstream_event_id
             if len(sent) > SERVER_HISTORY:
@@ -314,7 +380,9 @@ class RegistryProjection:
         if session is not None:
             if event.outcome == "handled":
                 session.last_activity = record.at
-            session.pending.pop(event.message_id, None)
+            handled = session.pending.pop(event.message_id, None)
+            if handled is not None:
+                session.pending_bytes -= handled.size
 
     def _capabilities_recorded(self, record: Record, event: CapabilitiesRecorded) -> None:
         if session := self._touch(record, event.session_id):
@@ -337,7 +405,14 @@ class RegistryProjection:
         worker.started_at, worker.stopped_at = record.at, None
 
     def _worker_seen(self, record: Record, event: WorkerHeartbeat) -> None:
-        pass  # apply() already noted the time; a heartbeat says nothing more
+        # apply() already noted the time. A heartbeat is when the fold forgets what
+        # is past the retention window (closes forget closed sessions too), so an
+        # idle log forgets as well: workers silent for that long among it.
+        horizon = record.at - self.closed_retention
+        self._forget_closed(horizon)
+        workers = self.state.workers
+        for name in [name for name, worker in workers.items() if worker.last_seen < horizon]:
+            del workers[name]
 
     def _worker_stopped(self, record: Record, event: WorkerStopped) -> None:
         self.state.workers[record.worker].stopped_at = record.at

@@ -20,7 +20,7 @@ __all__ = [
 
 # A new layout of RegistryState gets a new name, so old snapshots are ignored
 # (and rebuilt from the log) instead of misread.
-SNAPSHOT_NAME = "registry-v2"
+SNAPSHOT_NAME = "registry-v3"
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(RegistryState)
@@ -34,5 +34,7 @@ def decode_snapshot(data: bytes) -> RegistryState:
     return _decoder.decode(data)
 
 
-def restore(data: bytes) -> RegistryProjection:
-    return RegistryProjection(decode_snapshot(data))
+def restore(data: bytes, **options: float) -> RegistryProjection:
+    """The projection a snapshot holds; ``options`` are the projection's own (its
+    retention window), which a snapshot does not carry."""
+    return RegistryProjection(decode_snapshot(data), **options)

@@ -29,7 +29,9 @@ from .versions import ALL_VERSIONS
 
 __all__ = [
     "ProtocolError",
+    "backlog_full",
     "bad_host",
+    "bad_http",
     "bad_origin",
     "body_too_large",
     "conflicting_stream",
@@ -44,8 +46,12 @@ __all__ = [
     "not_acceptable",
     "parse_error",
     "refused",
+    "request_timeout",
     "session_required",
+    "too_deep",
+    "too_many_connections",
     "too_many_sessions",
+    "too_many_sessions_for_identity",
     "too_many_streams",
     "unauthorized",
     "unknown_session",
@@ -53,6 +59,7 @@ __all__ = [
     "unsupported_modern_version",
     "unsupported_version_header",
     "upstream_unavailable",
+    "worker_stopping",
 ]
 
 # The 2026-07-28 revision maps these JSON-RPC codes to HTTP statuses, whoever raised
@@ -113,6 +120,10 @@ def parse_error() -> ProtocolError:
     return ProtocolError(400, PARSE_ERROR, "Parse error: the body is not JSON")
 
 
+def too_deep(limit: int) -> ProtocolError:
+    return invalid_request(f"nested deeper than {limit} levels")
+
+
 def invalid_request(message: str, request_id: Any = None) -> ProtocolError:
     return ProtocolError(400, INVALID_REQUEST, f"Invalid Request: {message}", request_id=request_id)
 
@@ -137,6 +148,16 @@ def unsupported_content_type() -> ProtocolError:
 
 def not_acceptable(needed: str) -> ProtocolError:
     return ProtocolError(406, INVALID_REQUEST, f"Accept must include {needed}")
+
+
+def bad_http(message: str) -> ProtocolError:
+    """A request aiohttp's HTTP parser refused (a malformed request line or header,
+    headers over the size limit), before any handler saw it."""
+    return ProtocolError(400, INVALID_REQUEST, f"Bad HTTP request: {message}")
+
+
+def request_timeout(what: str, seconds: float) -> ProtocolError:
+    return ProtocolError(408, INVALID_REQUEST, f"the {what} did not arrive within {seconds:g} s")
 
 
 def refused(status: int, message: str) -> ProtocolError:
@@ -208,9 +229,40 @@ def too_many_streams(limit: int) -> ProtocolError:
     )
 
 
+def too_many_sessions_for_identity(limit: int) -> ProtocolError:
+    return ProtocolError(
+        429,
+        INVALID_REQUEST,
+        f"too many open sessions: at most {limit} per identity; close some first",
+        headers={"Retry-After": "5"},
+    )
+
+
+def backlog_full(waiting: int, budget: int) -> ProtocolError:
+    """A session's client messages waiting for answers are at its byte budget: the
+    message is refused, not accepted, until some are answered (429, not 413: the
+    same message is accepted then)."""
+    return ProtocolError(
+        429,
+        INVALID_REQUEST,
+        f"the session has {waiting} bytes of messages waiting for answers (at most "
+        f"{budget}); retry once they are answered",
+        headers={"Retry-After": "1"},
+    )
+
+
 def too_many_sessions() -> ProtocolError:
     return ProtocolError(
         503, INTERNAL_ERROR, "too many open sessions; retry later", headers={"Retry-After": "5"}
+    )
+
+
+def too_many_connections(limit: int) -> ProtocolError:
+    return ProtocolError(
+        503,
+        INTERNAL_ERROR,
+        f"too many open connections: at most {limit} per worker; retry later",
+        headers={"Retry-After": "1"},
     )
 
 
@@ -218,6 +270,13 @@ def upstream_unavailable(reason: str) -> ProtocolError:
     """The upstream MCP server cannot be asked what it serves (502, a retry hint)."""
     return ProtocolError(
         502, INTERNAL_ERROR, f"upstream unavailable: {reason}", headers={"Retry-After": "1"}
+    )
+
+
+def worker_stopping() -> ProtocolError:
+    """This worker is stopping; another (or this one, restarted) will serve a retry."""
+    return ProtocolError(
+        503, INTERNAL_ERROR, "this worker is stopping; retry", headers={"Retry-After": "1"}
     )
 
 

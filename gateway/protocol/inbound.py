@@ -55,6 +55,11 @@ NAME_BEARING: Mapping[str, str] = {
 }
 # Headers that route a request: a second copy would let two readers disagree.
 _ROUTING = (VERSION_HEADER.lower(), METHOD_HEADER.lower(), NAME_HEADER.lower())
+# Limits
+# Levels of arrays and objects in a client message: deeper ones cannot be stored
+# (msgspec, encoding a recorded event, runs out of stack before orjson's 1024).
+MAX_DEPTH = 128
+
 # What a 2026-07-28 tools/call mirrors of its arguments (checked by the server that
 # knows the tool's schema).
 PARAM_HEADER_PREFIX = "mcp-param-"
@@ -93,17 +98,34 @@ class Inbound:
         return self.message.get("id")
 
 
+def _depth(value: Any) -> int:
+    """How many levels of arrays and objects ``value`` has (without recursing)."""
+    deepest, level = 0, [(value, 1)]
+    while level:
+        item, depth = level.pop()
+        if isinstance(item, dict):
+            item = item.values()
+        elif not isinstance(item, list):
+            continue
+        deepest = max(deepest, depth)
+        level.extend((child, depth + 1) for child in item if isinstance(child, dict | list))
+    return deepest
+
+
 def parse_message(body: bytes) -> tuple[dict[str, Any], Kind]:
     """One JSON-RPC 2.0 message and its kind.
 
     Raises:
-        ProtocolError: 400/-32700 not JSON (too deeply nested included), 400/-32600
-            not one JSON-RPC 2.0 message (a batch, a bad id or method).
+        ProtocolError: 400/-32700 not JSON (nested past orjson's 1024 levels
+            included), 400/-32600 not one JSON-RPC 2.0 message (a batch, a bad id
+            or method, nested past MAX_DEPTH).
     """
     try:
         message = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise errors.parse_error() from None
+    if _depth(message) > MAX_DEPTH:
+        raise errors.too_deep(MAX_DEPTH)
     if isinstance(message, list):
         raise errors.invalid_request("batches are not supported")
     if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":

@@ -43,3 +43,8 @@ def test_quick_run_writes_every_scenario_summary_and_plots(tmp_path: Path) -> No
         assert (tmp_path / plot).stat().st_size > 0
     assert "| backend | parameter | metric | sessionlog |" in result.stdout
     assert "| case | sessionlog, sqlite |" in result.stdout  # the failure cases
+    # Faults under load: every case measured, nothing acknowledged left unanswered.
+    assert "| backend | fault |" in result.stdout
+    faults = [r for r in summary if r["scenario"] == "faults"]
+    lost = [r for r in faults if r["metric"].startswith("unanswered")]
+    assert len(lost) == 10 and all(r["value"] == 0 for r in lost), lost

@@ -29,7 +29,7 @@ async def test_two_processes_behave_as_one_registry(shared_log_url: str) -> None
         # What A did is visible in B as soon as A's calls returned.
         assert await other.session_exists("s1") is True
         assert await other.session_exists("s2") is False
-        assert other.runtime.projection.state.closed["s2"] == "removed"
+        assert other.runtime.projection.state.closed["s2"].reason == "removed"
         assert other.runtime.projection.session("s1").holder == "A"  # type: ignore[union-attr]
         # Broadcasts from B reach A's transport, answered by A, in order.
         await other.broadcast("s1", request(1, "ping"))

@@ -23,11 +23,21 @@ from eventlog import (
 )
 from eventlog.base import StoredEvent
 from gateway.reading import catch_up, state_at, timeline
-from projections import SERVER_HISTORY, RegistryProjection, encode_snapshot, restore
+from projections import (
+    SERVER_HISTORY,
+    ClosedSession,
+    RegistryProjection,
+    RegistryState,
+    encode_snapshot,
+    restore,
+)
 
 SESSIONS = ["s1", "s2", "s3"]
 WORKERS = ["w1", "w2"]
 MESSAGE_IDS = ["m1", "m2", "m3", "m4"]
+# Short enough (the test clock moves 1 s a record) that the property tests forget
+# closed sessions and silent workers as they go.
+RETENTION = 10.0
 
 
 class Clock:
@@ -41,7 +51,12 @@ class Clock:
 
 session_ids = st.sampled_from(SESSIONS)
 events: st.SearchStrategy[Event] = st.one_of(
-    st.builds(SessionOpened, session_id=session_ids, transport=st.just("sse"), user=st.none()),
+    st.builds(
+        SessionOpened,
+        session_id=session_ids,
+        transport=st.just("sse"),
+        user=st.sampled_from([None, "alice", "bob"]),
+    ),
     st.builds(SessionClosed, session_id=session_ids, reason=st.sampled_from(["client", "expired"])),
     st.builds(
         OwnerClaimed,
@@ -93,9 +108,17 @@ async def write(steps: list[tuple[str, Event | bytes]]) -> MemoryEventLog:
 
 
 async def fold(log: MemoryEventLog, until: int | None = None) -> RegistryProjection:
-    projection = RegistryProjection()
+    projection = RegistryProjection(closed_retention=RETENTION)
     await catch_up(log, projection, until)
     return projection
+
+
+def assert_consistent(state: RegistryState) -> None:
+    """What the fold keeps alongside the sessions agrees with them."""
+    for session in state.sessions.values():
+        assert session.pending_bytes == sum(m.size for m in session.pending.values())
+    users = [s.user for s in state.sessions.values() if s.user is not None]
+    assert state.open_by_user == {user: users.count(user) for user in set(users)}
 
 
 @given(steps=steps, data=st.data())
@@ -104,9 +127,10 @@ async def test_restore_then_apply_the_rest_equals_folding_everything(steps, data
     head = await log.head()
     split = data.draw(st.integers(0, head))
     whole = await fold(log)
-    partial = restore(encode_snapshot(await fold(log, split)))
+    partial = restore(encode_snapshot(await fold(log, split)), closed_retention=RETENTION)
     await catch_up(log, partial)
     assert partial.state == whole.state
+    assert_consistent(whole.state)
     assert encode_snapshot(partial) == encode_snapshot(whole)
     assert whole.position == head  # undecodable records are stepped over, not stuck on
 
@@ -139,7 +163,10 @@ async def test_a_session_through_its_life() -> None:
     assert session is not None
     assert (session.holder, session.user, session.opened_by) == ("w2", "u", "w1")
     assert list(session.pending) == ["m2"]
-    assert [(m.position, m.payload, m.reply_to) for m in session.sent] == [(7, b'{"r":1}', "m1")]
+    assert [(m.position, m.size) for m in session.pending.values()] == [(5, 2)]
+    assert session.pending_bytes == 2
+    assert [(m.position, m.size, m.reply_to) for m in session.sent] == [(7, 7, "m1")]
+    assert projection.state.open_by_user == {"u": 1}
     assert session.last_activity == 1008.0  # the time of the newest record about it
     workers = projection.state.workers
     assert (workers["w1"].started_at, workers["w1"].last_seen) == (1001.0, 1007.0)
@@ -148,7 +175,8 @@ async def test_a_session_through_its_life() -> None:
     await log.append([SessionClosed(session_id="s", reason="expired")], worker="w2")
     await catch_up(log, projection)
     assert projection.session("s") is None
-    assert projection.state.closed == {"s": "expired"}
+    assert projection.state.closed == {"s": ClosedSession("expired", 1009.0)}
+    assert projection.state.open_by_user == {}
 
 
 async def test_server_history_is_bounded() -> None:
@@ -164,6 +192,26 @@ async def test_server_history_is_bounded() -> None:
 async def test_stopped_workers_are_not_alive() -> None:
     log = await write([("w1", WorkerStarted()), ("w1", WorkerStopped())])
     assert (await fold(log)).alive_workers(now=1003.0, ttl=60.0) == []
+
+
+async def test_closed_sessions_and_silent_workers_are_forgotten_after_retention() -> None:
+    """The window is measured in the records' own times (the test clock moves 1 s a
+    record), so every worker folding the log forgets at the same record."""
+    opened = [("w1", SessionOpened(session_id=f"s{i}", transport="sse")) for i in range(3)]
+    closed = [("w1", SessionClosed(session_id=f"s{i}", reason="client")) for i in range(3)]
+    log = await write([("w0", WorkerStarted()), *opened, *closed])  # at 1001 .. 1007
+    projection = await fold(log)
+    assert list(projection.state.closed) == ["s0", "s1", "s2"]  # closed at 1005, 1006, 1007
+    assert "w0" in projection.state.workers
+    # A heartbeat at 1016: s0 closed more than RETENTION before it, s1 not quite.
+    for _ in range(9):
+        await log.append([WorkerHeartbeat()], worker="w1")
+    await catch_up(log, projection)
+    assert list(projection.state.closed) == ["s1", "s2"]
+    assert "w0" not in projection.state.workers  # last seen at 1001
+    await log.append([WorkerHeartbeat()], worker="w1")
+    await catch_up(log, projection)
+    assert list(projection.state.closed) == ["s2"]
 
 
 async def test_timeline_and_state_at() -> None:
@@ -210,7 +258,8 @@ async def test_folding_a_page_at_once_equals_folding_one_record_at_a_time(steps,
     log = await write(steps)
     records = await log.read(limit=1_000)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(records)), max_size=4)))
-    one, paged = RegistryProjection(), RegistryProjection()
+    one = RegistryProjection(closed_retention=RETENTION)
+    paged = RegistryProjection(closed_retention=RETENTION)
     for record in records:
         one.apply(record)
     applied = 0
@@ -222,7 +271,8 @@ async def test_folding_a_page_at_once_equals_folding_one_record_at_a_time(steps,
     assert encode_snapshot(paged) == encode_snapshot(one)
     # Out of order, a record at or below one folded before it is passed over alike.
     shuffled = data.draw(st.permutations(records))
-    one, paged = RegistryProjection(), RegistryProjection()
+    one = RegistryProjection(closed_retention=RETENTION)
+    paged = RegistryProjection(closed_retention=RETENTION)
     for record in shuffled:
         one.apply(record)
     paged.apply_all(shuffled)
