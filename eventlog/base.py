@@ -152,8 +152,9 @@ class EventLog(ABC):
     pipeline), up to a bounded batch; a lone call is written at once. A backend may
     let up to ``commits_in_flight`` such batches be on their way at once.
 
-    Errors: a backend that cannot be reached raises :class:`LogUnavailable`; the
-    same object works again once it is back. Nothing else from a driver escapes.
+    Errors: a backend that cannot be reached, or does not answer within the log's
+    timeout, raises :class:`LogUnavailable`; the same object works again once it is
+    back. Nothing else from a driver escapes.
     """
 
     # Group commits that may be in flight at once. One: each batch waits for the one
@@ -449,6 +450,11 @@ class EventLog(ABC):
                 try:
                     results = await self._commit([operation for operation, _ in batch])
                 except Exception as exc:  # every caller of the batch learns why it failed
+                    if isinstance(exc, LogUnavailable):
+                        # And every caller queued behind it: each would wait out the
+                        # timeout again for the same answer.
+                        batch += self._pending
+                        self._pending.clear()
                     for _, future in batch:
                         if not future.done():
                             future.set_exception(exc)

@@ -25,6 +25,8 @@ _URL_OPTIONS = {
     "poll_interval": float,
     "notify_fallback": float,
     "block": float,
+    "timeout": float,
+    "dedupe_window": float,
     "wait_replicas": int,
     "wait_timeout": float,
 }

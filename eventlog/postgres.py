@@ -8,6 +8,10 @@ transactions cannot commit positions out of order), finds the event ids already
 stored, compares and sets owners, inserts the new rows at ``head + 1 ...`` and
 sends ``NOTIFY``. A tail ``LISTEN``s on one connection per log object.
 SQLAlchemy only parses the URL and writes the tables' DDL.
+
+Every call waits at most ``timeout`` seconds for the server, connecting included
+(the statement on the server is cancelled too), so a hung or partitioned server
+raises LogUnavailable instead of hanging its callers.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ _REFUSED = (
     asyncpg.DataError,
 )
 CLOSE_TIMEOUT = 5.0  # seconds to wait for connections in use when closing
+DEFAULT_TIMEOUT = 3.0  # seconds any call may wait for the server
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -79,7 +84,7 @@ class PostgresEventLog(EventLog):
         read_only: bool = False,
         # Timeouts
         notify_fallback: float = 1.0,
-        connect_timeout: float = 10.0,
+        timeout: float = DEFAULT_TIMEOUT,
         # Limits
         pool_size: int = 5,
     ) -> None:
@@ -89,9 +94,13 @@ class PostgresEventLog(EventLog):
         self._notify_fallback = notify_fallback
         dialect = PGDialect_asyncpg()
         # asyncpg.connect's arguments, read from the URL as SQLAlchemy reads them.
+        self._timeout = timeout
         self._connect_args: dict[str, Any] = {
             **dialect.create_connect_args(make_url(url).set(drivername="postgresql+asyncpg"))[1],
-            "timeout": connect_timeout,
+            "timeout": timeout,  # to connect
+            # Each statement: asyncpg gives up waiting, and the server stops working.
+            "command_timeout": timeout,
+            "server_settings": {"statement_timeout": str(int(timeout * 1000))},
         }
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
@@ -141,7 +150,11 @@ class PostgresEventLog(EventLog):
             yield
         except _REFUSED as exc:
             raise EventLogError(f"{self.url}: {exc}") from exc
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        except (TimeoutError, asyncpg.QueryCanceledError) as exc:  # the client's or the server's
+            raise LogUnavailable(
+                f"{self.url} is unavailable: no answer within {self._timeout} s"
+            ) from exc
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
             raise LogUnavailable(f"{self.url} is unavailable: {exc}") from exc
 
     async def _run(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
@@ -159,9 +172,16 @@ class PostgresEventLog(EventLog):
             raise LogUnavailable(f"{self.url} is closed")
         for retry in (True, False):
             with self._translate_errors():
-                conn = await pool.acquire()
+                conn = await pool.acquire(timeout=self._timeout)
                 try:
                     return await work(conn)
+                except (TimeoutError, asyncio.CancelledError):
+                    # Not answered in time, or the caller gave up waiting: the
+                    # connection is dropped rather than kept while asyncpg cancels the
+                    # statement (a hung server would answer the cancel no sooner), so
+                    # releasing it does not wait.
+                    conn.terminate()
+                    raise
                 except Exception as exc:
                     if not (retry and _lost(conn, exc)):
                         raise
@@ -249,6 +269,17 @@ class PostgresEventLog(EventLog):
 
     async def _load_snapshot(self, name: str) -> bytes | None:
         return await self._run(lambda conn: conn.fetchval(self._load_snapshot_sql, name))  # type: ignore[no-any-return]
+
+    async def _tail_rows(self, after: int, limit: int) -> list[LogRow]:
+        try:
+            return await super()._tail_rows(after, limit)
+        except LogUnavailable:
+            # The LISTEN connection may be as dead as the pool's, without knowing it
+            # yet (a partition sends no reset): the next wait listens anew.
+            listener, self._listener = self._listener, None
+            if listener is not None:
+                listener.terminate()
+            raise
 
     async def _wait(self, after: int, generation: int) -> None:
         if self._closed:

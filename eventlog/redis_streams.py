@@ -5,6 +5,13 @@ sequence part and ``XREAD BLOCK`` after ``0-<p>`` is a tail after ``p``. A group
 commit (appends, claims and releases together) is one Lua script call: atomic on
 the server, it deduplicates event ids in a hash and assigns positions from a
 counter.
+
+Event ids are remembered for deduplication for a window (``dedupe_window``, an
+hour by default), not forever: in one hash per window-long bucket of the commit's
+time, which expires two windows after its last write. A commit looks an id up in
+its own bucket and the two beside it (clocks of workers may differ by less than a
+window), so an id appended again within a window of its first append, by the log's
+clock, is found: far longer than any retry or second answerer waits.
 """
 
 from __future__ import annotations
@@ -19,8 +26,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis import exceptions as redis_exc
 from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
 from ._urls import check_namespace, redact
 from .base import Append, Claim, EventLog, LogRow, Operation
@@ -30,21 +37,26 @@ __all__ = ["RedisEventLog"]
 
 # Timeouts
 CLOSE_GRACE = 2.0  # seconds close() waits for connections to close cleanly
-READ_MARGIN = 5.0  # seconds a reply may take beyond what was asked for
+DEFAULT_DEDUPE_WINDOW = 3600.0  # seconds an appended event id is remembered, at the least
+DEFAULT_TIMEOUT = 3.0  # seconds any call may wait for the server (an XREAD: beyond its BLOCK)
 
 # One group commit, applied atomically on the server. KEYS: events stream, head
-# counter, id -> position hash, owners hash. ARGV: the time, then the operations:
+# counter, owners hash, then the id -> position hashes of the buckets before, of and
+# after the commit's time. ARGV: the time, the milliseconds its bucket is kept after
+# a write, then the operations:
 #   'a', worker, n, then n (event id, data) pairs   -> the positions
 #   'c', session, worker, expected ('' = none), event id, data   -> the owner after
 #   'r', session, worker, event id, data   -> 1 if released, else 0
+# A claim or release whose event id is stored already is this very commit, sent again
+# after its connection broke: it is answered as it was then.
 _COMMIT = """
-local at, stream, ids, owners = ARGV[1], KEYS[1], KEYS[3], KEYS[4]
+local at, keep, stream, owners, ids = ARGV[1], ARGV[2], KEYS[1], KEYS[3], KEYS[5]
 local call = redis.call
 local head = tonumber(call('GET', KEYS[2]) or '0')
 -- The positions of the batch's event ids already stored, looked up in one HMGET per
--- thousand ids (Lua's unpack has a bounded stack), not one HGET per event.
+-- bucket and thousand ids (Lua's unpack has a bounded stack), not one HGET per event.
 local batch, count = {}, 0
-local i = 2
+local i = 3
 while i <= #ARGV do
   local kind = ARGV[i]
   if kind == 'a' then
@@ -65,12 +77,16 @@ while i <= #ARGV do
   end
 end
 local known = {}
-for first = 1, count, 1000 do
-  local last = math.min(first + 999, count)
-  local found = call('HMGET', ids, unpack(batch, first, last))
-  for j = 1, last - first + 1 do
-    if found[j] then
-      known[batch[first + j - 1]] = tonumber(found[j])
+for bucket = 4, 6 do
+  if call('EXISTS', KEYS[bucket]) == 1 then
+    for first = 1, count, 1000 do
+      local last = math.min(first + 999, count)
+      local found = call('HMGET', KEYS[bucket], unpack(batch, first, last))
+      for j = 1, last - first + 1 do
+        if found[j] then
+          known[batch[first + j - 1]] = tonumber(found[j])
+        end
+      end
     end
   end
 end
@@ -90,7 +106,7 @@ local function store(worker, id, data)
   return position
 end
 local results = {}
-i = 2
+i = 3
 while i <= #ARGV do
   local kind = ARGV[i]
   if kind == 'a' then
@@ -104,7 +120,9 @@ while i <= #ARGV do
   elseif kind == 'c' then
     local session, worker, expected = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
     local current = call('HGET', owners, session) or ''
-    if current == expected then
+    if known[ARGV[i + 4]] then
+      current = worker
+    elseif current == expected then
       call('HSET', owners, session, worker)
       store(worker, ARGV[i + 4], ARGV[i + 5])
       current = worker
@@ -114,7 +132,9 @@ while i <= #ARGV do
   else
     local session, worker = ARGV[i + 1], ARGV[i + 2]
     local released = 0
-    if call('HGET', owners, session) == worker then
+    if known[ARGV[i + 3]] then
+      released = 1
+    elseif call('HGET', owners, session) == worker then
       call('HDEL', owners, session)
       store(worker, ARGV[i + 3], ARGV[i + 4])
       released = 1
@@ -128,6 +148,7 @@ if paired > 0 then
   for first = 1, paired, 1000 do
     call('HSET', ids, unpack(new, first, math.min(first + 999, paired)))
   end
+  call('PEXPIRE', ids, keep)
 end
 return results
 """
@@ -196,8 +217,10 @@ class RedisEventLog(EventLog):
         read_only: bool = False,
         # Timeouts
         block: float = 5.0,
-        connect_timeout: float = 5.0,
+        timeout: float = DEFAULT_TIMEOUT,
         wait_timeout: float = 1.0,
+        # s an appended event id is remembered, at the least, to store it once
+        dedupe_window: float = DEFAULT_DEDUPE_WINDOW,
         # Limits
         max_connections: int = 8,
         # Durability: a commit is acknowledged only once this many replicas have it
@@ -207,27 +230,43 @@ class RedisEventLog(EventLog):
         super().__init__(url=redact(url), clock=clock, read_only=read_only)
         check_namespace(namespace)
         # One hash tag, so every key of a namespace lands on one cluster slot.
-        self._keys = [f"{{{namespace}}}:{name}" for name in ("events", "head", "ids", "owners")]
+        self._keys = [f"{{{namespace}}}:{name}" for name in ("events", "head", "owners")]
         self._stream = self._keys[0]
+        self._ids_prefix = f"{{{namespace}}}:ids:"
+        if not dedupe_window > 0:
+            raise EventLogError(f"dedupe_window must be positive seconds, not {dedupe_window!r}")
+        self._dedupe_window = dedupe_window
         self._snapshot_prefix = f"{{{namespace}}}:snapshot:"
         # How long one XREAD BLOCK waits before the tail asks again.
         self._block_ms = int(block * 1000)
-        self._redis = aioredis.from_url(
-            url,
-            max_connections=max_connections,
-            socket_connect_timeout=connect_timeout,
-            # Longer than a tail's XREAD BLOCK, which would otherwise time out while
-            # it waits as told (redis-py 8's default is 5 s) and count as an outage.
-            socket_timeout=block + READ_MARGIN,
-            retry=Retry(ExponentialBackoff(cap=0.2, base=0.01), retries=2),
+        self._timeout = timeout
+        connection_options: dict[str, Any] = {
+            "max_connections": max_connections,
+            "socket_connect_timeout": timeout,
+            # A connection that fails (a server restarted since it was pooled) is
+            # retried once on a fresh one: every command sent here may be sent twice
+            # (reads are reads; the commit script answers a repeated commit as it
+            # answered the first). Not a timeout: that has spent the call's time.
+            "retry": Retry(
+                ExponentialBackoff(cap=0.2, base=0.01),
+                retries=1,
+                supported_errors=(redis_exc.ConnectionError,),
+            ),
+        }
+        self._redis = aioredis.from_url(url, socket_timeout=timeout, **connection_options)
+        # The tail's own connections: its XREAD BLOCK waits as told, and only what
+        # goes beyond that counts against the timeout.
+        self._tail_redis = aioredis.from_url(
+            url, socket_timeout=block + timeout, **connection_options
         )
         pool = self._redis.connection_pool
         pool.connection_class = _packing_in_c(pool.connection_class)
         self._commit_script = self._redis.register_script(_COMMIT)
         # Entries as the server sends them: redis-py would build a dict per entry, which
         # costs more than the rest of a read. _rows reads the fields by place.
-        for command in ("XRANGE", "XREAD"):
-            self._redis.set_response_callback(command, _raw)
+        for client in (self._redis, self._tail_redis):
+            for command in ("XRANGE", "XREAD"):
+                client.set_response_callback(command, _raw)
         self._save_snapshot_script = self._redis.register_script(_SAVE_SNAPSHOT)
         self._wait_replicas, self._wait_timeout = wait_replicas, wait_timeout
 
@@ -239,13 +278,20 @@ class RedisEventLog(EventLog):
     def _translate_errors(self) -> Iterator[None]:
         try:
             yield
-        except (redis_exc.ConnectionError, redis_exc.TimeoutError, OSError) as exc:
+        except (redis_exc.TimeoutError, TimeoutError) as exc:
+            raise LogUnavailable(
+                f"{self.url} is unavailable: no answer within {self._timeout} s"
+            ) from exc
+        except (redis_exc.ConnectionError, OSError) as exc:
             raise LogUnavailable(f"{self.url} is unavailable: {exc}") from exc
         except redis_exc.RedisError as exc:
             raise EventLogError(f"{self.url}: {exc}") from exc
 
     async def _commit(self, operations: list[Operation]) -> list[object]:
-        args: list[Any] = [repr(self.clock())]
+        at = self.clock()
+        # The bucket's hash is kept two windows after its last write: while it is
+        # the one before that of any commit within a window of it.
+        args: list[Any] = [repr(at), int(2_000 * self._dedupe_window)]
         for operation in operations:
             if isinstance(operation, Append):
                 args += ["a", operation.worker, len(operation.events)]
@@ -258,10 +304,11 @@ class RedisEventLog(EventLog):
                 args += ["r", operation.key, operation.worker]
                 args += [operation.event.event_id, operation.event.data]
         with self._translate_errors():
+            keys = self._keys + self._id_buckets(at)
             if self._wait_replicas:
-                replies = await self._commit_replicated(args)
+                replies = await self._commit_replicated(keys, args)
             else:
-                replies = await self._commit_script(self._keys, args)
+                replies = await self._commit_script(keys, args)
         results: list[object] = []
         for operation, reply in zip(operations, replies, strict=True):
             if isinstance(operation, Append):
@@ -272,11 +319,11 @@ class RedisEventLog(EventLog):
                 results.append(bool(reply))
         return results
 
-    async def _commit_replicated(self, args: list[Any]) -> Any:
+    async def _commit_replicated(self, keys: list[str], args: list[Any]) -> Any:
         """The commit, then WAIT on the same connection: WAIT counts the replicas
         that have that connection's writes."""
         async with self._redis.pipeline(transaction=False) as pipe:
-            await self._commit_script(self._keys, args, client=pipe)
+            await self._commit_script(keys, args, client=pipe)
             pipe.execute_command("WAIT", self._wait_replicas, int(self._wait_timeout * 1000))
             replies, replicas = await pipe.execute()
         if replicas < self._wait_replicas:
@@ -288,6 +335,11 @@ class RedisEventLog(EventLog):
             )
         return replies
 
+    def _id_buckets(self, at: float) -> list[str]:
+        """The id hashes of the buckets before, of and after time ``at``."""
+        bucket = int(at // self._dedupe_window)
+        return [f"{self._ids_prefix}{n}" for n in (bucket - 1, bucket, bucket + 1)]
+
     async def _read_rows(self, after: int, limit: int) -> list[LogRow]:
         with self._translate_errors():
             entries = await self._redis.xrange(self._stream, f"(0-{after}", "+", count=limit)
@@ -298,7 +350,7 @@ class RedisEventLog(EventLog):
             self.stats.queries += 1
             with self._translate_errors():
                 # The entry at ``after`` read once the new ones came, in one round trip.
-                async with self._redis.pipeline(transaction=False) as pipe:
+                async with self._tail_redis.pipeline(transaction=False) as pipe:
                     pipe.xread({self._stream: f"0-{after}"}, count=limit, block=self._block_ms)
                     if after:
                         pipe.xrange(self._stream, f"0-{after}", f"0-{after}")
@@ -323,8 +375,9 @@ class RedisEventLog(EventLog):
             return await self._redis.hget(self._snapshot_prefix + name, "data")
 
     async def _close(self) -> None:
-        with contextlib.suppress(redis_exc.RedisError, OSError, TimeoutError):
-            async with asyncio.timeout(CLOSE_GRACE):
-                await self._redis.aclose()
-        # What aclose() could not close in time (a connection stuck in a read).
-        await self._redis.connection_pool.disconnect(inuse_connections=True)
+        for client in (self._redis, self._tail_redis):
+            with contextlib.suppress(redis_exc.RedisError, OSError, TimeoutError):
+                async with asyncio.timeout(CLOSE_GRACE):
+                    await client.aclose()
+            # What aclose() could not close in time (a connection stuck in a read).
+            await client.connection_pool.disconnect(inuse_connections=True)

@@ -69,7 +69,8 @@ class SQLiteEventLog(EventLog):
         durability: Durability = "normal",
         # Timeouts
         poll_interval: float = 0.002,
-        busy_timeout: float = 30.0,
+        # s a write waits for another process's write lock (SQLite's busy timeout)
+        timeout: float = 5.0,
         # Limits
         checkpoint_rows: int = 10_000,
     ) -> None:
@@ -82,7 +83,7 @@ class SQLiteEventLog(EventLog):
         # How often a waiting tail looks at the head.
         self._poll_interval = poll_interval
         # One writer thread: SQLite has one writer at a time anyway.
-        self._durability, self._busy_timeout = durability, busy_timeout
+        self._durability, self._busy_timeout = durability, timeout
         self._write_conn: sqlite3.Connection | None = None  # for appends
         self._write_waits = True  # whether it waits for a busy lock (its busy_timeout)
         # The WAL is checkpointed after the commit that follows this many rows since
@@ -92,7 +93,7 @@ class SQLiteEventLog(EventLog):
         self._checkpoint_rows = checkpoint_rows
         self._unchecked_rows = 0
         # For the rest of the writes (tables, snapshots), on the same one thread.
-        self._writer = _engine(sa_url, durability, busy_timeout)
+        self._writer = _engine(sa_url, durability, timeout)
         self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="sessionlog-sqlite-write")
         self._read_conn: sqlite3.Connection | None = None  # see _reading
         # The statements of reads and appends, on the driver: SQLAlchemy's statement

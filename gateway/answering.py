@@ -47,6 +47,9 @@ logger = logging.getLogger("sessionlog.gateway")
 # About what the fold keeps of one pending client message besides its bytes (its id,
 # position, time, size): charged against the session's byte budget.
 PENDING_ENTRY_BYTES = 256
+# Seconds before a failed answer is retried, doubling up to the most.
+ANSWER_RETRY_FIRST = 0.05
+ANSWER_RETRY_MAX = 2.0
 
 # Sends a server message related to the request being handled (a progress or log
 # notification) to wherever that request's answer goes.
@@ -219,18 +222,30 @@ class Answering:
                 pending = session.pending.get(message_id) if session is not None else None
                 if responder is None or pending is None:
                     return  # handled elsewhere, expired, or the session is gone
-                try:
-                    payload = await self._payload(session_id, pending)
-                    message = orjson.loads(payload)
-                    await self.answer(session_id, message_id, message, responder.context)
-                except LogUnavailable as exc:
-                    # Still pending in the log: the next sweep queues it again.
-                    logger.warning(
-                        "session %s: reply not recorded yet: %s",
-                        session_id,
-                        exc,
-                        extra={"session_id": session_id},
-                    )
+                delay = ANSWER_RETRY_FIRST
+                # Retried with backoff while it is this responder's and unanswered,
+                # rather than left to the next sweep (the handler may run again:
+                # at least once, one answer recorded).
+                while responder is self._responders.get(session_id):
+                    try:
+                        payload = await self._payload(session_id, pending)
+                        message = orjson.loads(payload)
+                        await self.answer(session_id, message_id, message, responder.context)
+                        return
+                    except LogUnavailable as exc:
+                        if delay == ANSWER_RETRY_FIRST:  # once per message, not per try
+                            logger.warning(
+                                "session %s: reply not recorded yet, retrying: %s",
+                                session_id,
+                                exc,
+                                extra={"session_id": session_id},
+                            )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, ANSWER_RETRY_MAX)
+                    session = self.runtime.projection.session(session_id)
+                    pending = session.pending.get(message_id) if session is not None else None
+                    if pending is None:
+                        return  # answered after all, expired, or the session is gone
             finally:
                 if responder is not None:
                     responder.queued.discard(message_id)

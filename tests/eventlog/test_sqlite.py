@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from eventlog import EventLog, SQLiteEventLog, WorkerHeartbeat, open_log
+from eventlog import EventLog, LogUnavailable, SQLiteEventLog, WorkerHeartbeat, open_log
 from tests.eventlog import _processes
 from tests.eventlog.contract import HANG_GUARD, SharedEventLogContract
 
@@ -145,5 +145,28 @@ async def test_appenders_killed_mid_commit_lose_nothing_acknowledged(tmp_path: P
         assert all(stored.get(event_id) == position for event_id, position in acknowledged.items())
         # No dead appender's lock is left behind: this commits at once.
         assert await log.append([WorkerHeartbeat()], worker="after") == [len(stored) + 1]
+    finally:
+        await log.close()
+
+
+async def test_a_write_lock_held_elsewhere_times_appends_out_then_they_work(
+    tmp_path: Path,
+) -> None:
+    """Another process holding the write lock (hung mid-transaction) makes an append
+    raise LogUnavailable after the log's timeout, its busy timeout, not hang; once
+    the lock is let go the same log appends again."""
+    url = f"sqlite:///{tmp_path}/log.db?timeout=0.2"
+    log = await open_log(url)
+    try:
+        assert await log.append([WorkerHeartbeat()], worker="w") == [1]
+        holder = sqlite3.connect(tmp_path / "log.db", isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(LogUnavailable, match="locked"):
+                await asyncio.wait_for(log.append([WorkerHeartbeat()], worker="w"), HANG_GUARD)
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert await log.append([WorkerHeartbeat()], worker="w") == [2]
     finally:
         await log.close()
