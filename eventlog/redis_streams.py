@@ -243,19 +243,23 @@ class RedisEventLog(EventLog):
         connection_options: dict[str, Any] = {
             "max_connections": max_connections,
             "socket_connect_timeout": timeout,
-            # A connection that fails (a server restarted since it was pooled) is
-            # retried once on a fresh one: every command sent here may be sent twice
-            # (reads are reads; the commit script answers a repeated commit as it
-            # answered the first). Not a timeout: that has spent the call's time.
-            "retry": Retry(
-                ExponentialBackoff(cap=0.2, base=0.01),
-                retries=1,
-                supported_errors=(redis_exc.ConnectionError,),
-            ),
         }
-        self._redis = aioredis.from_url(url, socket_timeout=timeout, **connection_options)
+        # A connection that fails (a server restarted since it was pooled) is retried
+        # once on a fresh one: every command sent here may be sent twice (reads are
+        # reads; the commit script answers a repeated commit as it answered the first).
+        # Not a timeout: that has spent the call's time.
+        once_more = Retry(
+            ExponentialBackoff(cap=0.2, base=0.01),
+            retries=1,
+            supported_errors=(redis_exc.ConnectionError,),
+        )
+        self._redis = aioredis.from_url(
+            url, socket_timeout=timeout, retry=once_more, **connection_options
+        )
         # The tail's own connections: its XREAD BLOCK waits as told, and only what
-        # goes beyond that counts against the timeout.
+        # goes beyond that counts against the timeout. Not retried here: the tail
+        # retries a failed read itself, after looking whether the server that came
+        # back still holds the log it folded (a restart from an older file).
         self._tail_redis = aioredis.from_url(
             url, socket_timeout=block + timeout, **connection_options
         )
