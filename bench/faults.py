@@ -6,32 +6,37 @@ Last-Event-ID, as SDK clients do). Meanwhile the backend is frozen (every server
 process SIGSTOPped; for SQLite another process holds the write lock, as a frozen
 appender would) for ``FAULT`` seconds, or killed -9 and started again on its port.
 
+A third fault puts the log's storage back to a copy taken ``FAULT`` seconds
+earlier (a restore from a backup, a failover to a replica that was behind): what was
+appended meanwhile is gone, and every worker must notice and fold the log again.
+
 Measured per case: the longest any request waited for the gateway's answer during the
-fault (a 503 is an answer), how long after the fault began /readyz said 503, how long
+fault (a 503 is an answer), how long after the fault struck /readyz said 503, how long
 after the backend came back the first message was answered again, and how many
 messages were acknowledged (202) and never answered, as the clients saw it and as the
-log says (a client message without a reply). The last must be 0.
+log says (a client message in the log without a reply). Both must be 0, except the
+clients' count after a rollback: a message acknowledged after the copy was taken is
+gone with what the rollback took (see the README: what an acknowledged write survives).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import sqlite3
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
-import psutil
 
 from eventlog import ClientMessage, ServerMessage, open_log
 from gateway.protocol.sse_codec import SSEParser
+from gateway.testing.rollback import Rollback
 from gateway.testing.servers import PostgresServer, RedisServer
 from gateway.testing.serving import serve_process
 
@@ -42,12 +47,14 @@ __all__ = ["scenario"]
 FAULT = 10.0  # s a backend stays frozen (--quick: QUICK_FAULT)
 QUICK_FAULT = 2.0
 WARM = 2.0  # s of load before the fault
-SETTLE = 5.0  # s of load after the backend is back
-DRAIN = 60.0  # s the clients wait for answers still owed at the end
+SETTLE = 8.0  # s of load after the backend is back
+DRAIN = 30.0  # s the clients wait for answers still owed at the end
+ANSWER_PATIENCE = 3.0  # s a client waits for an answer before it sends the next message
 CLIENTS = 10
 REQUEST_GUARD = 120.0  # s: a request still unanswered by then is counted as hung
 RETRY_PAUSE = 0.05  # s a client waits after a 503 or a broken connection
 RESTARTED = "killed -9, restarted"
+ROLLED_BACK = "rolled back to a copy"
 
 
 @dataclass
@@ -101,10 +108,11 @@ class _Client:
                 self.load.sessions.append(data.split("session_id=")[-1])
                 self.opened.set()
             return
-        answer = orjson.loads(data)
-        waiter = self.waiting.get(answer.get("id"))
+        number = orjson.loads(data).get("id")
+        waiter = self.waiting.get(number)
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+            self.load.answered[self.number, number] = time.monotonic()
 
     async def ping(self, stop: asyncio.Event) -> None:
         await self.opened.wait()
@@ -132,10 +140,10 @@ class _Client:
                 await asyncio.sleep(RETRY_PAUSE)
                 continue
             self.load.acknowledged[key] = sent
+            # A client gives up waiting at last (the answer still counts if it comes).
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(REQUEST_GUARD):
-                    await waiter
-                    self.load.answered[key] = time.monotonic()
+                async with asyncio.timeout(ANSWER_PATIENCE):
+                    await asyncio.shield(waiter)
 
     async def drain(self) -> None:
         """Wait (bounded) for the answers still owed."""
@@ -155,22 +163,6 @@ async def _watch_readiness(http: aiohttp.ClientSession, base: str, load: Load) -
 
 
 @contextlib.contextmanager
-def _frozen(server: PostgresServer | RedisServer) -> Iterator[None]:
-    """Every process of the server stopped, as a host that stops answering."""
-    assert server.process is not None
-    parent = psutil.Process(server.process.pid)
-    processes = [parent, *parent.children(recursive=True)]
-    for each in processes:
-        each.send_signal(signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        for each in processes:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                each.send_signal(signal.SIGCONT)
-
-
-@contextlib.contextmanager
 def _write_lock_held(path: Path) -> Iterator[None]:
     """Another process's write transaction on the SQLite file, left open."""
     holder = sqlite3.connect(path, isolation_level=None)
@@ -187,8 +179,8 @@ class Case:
     backend: str
     fault: str  # the parameter column: what was done
     log_url: str
-    # Runs the fault; returns when the backend is back (its monotonic time).
-    inflict: Callable[[], Any]
+    # Runs the fault; returns when it struck and when the backend was back (monotonic).
+    inflict: Callable[[], Awaitable[tuple[float, float]]]
 
 
 async def _run_case(case: Case, output: Path) -> dict[str, Any]:
@@ -201,8 +193,7 @@ async def _run_case(case: Case, output: Path) -> dict[str, Any]:
             pings = [asyncio.create_task(c.ping(stop)) for c in clients]
             readiness = asyncio.create_task(_watch_readiness(http, served.url, load))
             await asyncio.sleep(WARM)
-            began = time.monotonic()
-            back = await case.inflict()
+            struck, back = await case.inflict()
             await asyncio.sleep(SETTLE)
             stop.set()
             await asyncio.gather(*pings)
@@ -211,7 +202,7 @@ async def _run_case(case: Case, output: Path) -> dict[str, Any]:
                 task.cancel()
             await asyncio.gather(*streams, readiness, return_exceptions=True)
     unanswered_in_log = await _unanswered_in_log(case.log_url, set(load.sessions))
-    after_fault = [t for t in load.not_ready if t >= began]
+    after_fault = [t for t in load.not_ready if t >= struck]
     answered_again = [t for t in load.answered.values() if t >= back]
     return {
         "longest request": load.longest_request,
@@ -220,7 +211,7 @@ async def _run_case(case: Case, output: Path) -> dict[str, Any]:
         "unanswered": len(load.acknowledged.keys() - load.answered.keys()),
         "unanswered in log": unanswered_in_log,
         "refused": load.refused,
-        "readyz 503 after": after_fault[0] - began if after_fault else None,
+        "readyz 503 after": after_fault[0] - struck if after_fault else None,
         "answered again after": min(answered_again) - back if answered_again else None,
     }
 
@@ -244,27 +235,43 @@ async def _unanswered_in_log(log_url: str, sessions: set[str]) -> int:
 
 def _cases(workdir: Path, postgres: PostgresServer, redis: RedisServer, fault: float) -> list[Case]:
     def frozen(server: PostgresServer | RedisServer) -> Callable[[], Any]:
-        async def inflict() -> float:
-            with _frozen(server):
+        async def inflict() -> tuple[float, float]:
+            struck = time.monotonic()
+            server.freeze()
+            try:
                 await asyncio.sleep(fault)
-            return time.monotonic()
+            finally:
+                server.thaw()
+            return struck, time.monotonic()
 
         return inflict
 
     def restarted(server: PostgresServer | RedisServer) -> Callable[[], Any]:
-        async def inflict() -> float:
-            server.kill()
-            await asyncio.to_thread(server.start)
-            return time.monotonic()
+        async def inflict() -> tuple[float, float]:
+            struck = time.monotonic()
+            await asyncio.to_thread(server.restart)
+            return struck, time.monotonic()
 
         return inflict
 
-    sqlite_file = workdir / "faults.db"
+    def rolled_back(backend: str, url: str) -> Case:
+        async def inflict() -> tuple[float, float]:
+            rollback = Rollback(url)
+            await rollback.save()
+            await asyncio.sleep(fault)
+            await rollback.restore()
+            struck = time.monotonic()
+            return struck, struck
 
-    async def sqlite_locked() -> float:
+        return Case(backend, ROLLED_BACK, url, inflict)
+
+    sqlite_file, rolled_file = workdir / "faults.db", workdir / "rolled-back.db"
+
+    async def sqlite_locked() -> tuple[float, float]:
+        struck = time.monotonic()
         with _write_lock_held(sqlite_file):
             await asyncio.sleep(fault)
-        return time.monotonic()
+        return struck, time.monotonic()
 
     frozen_for = f"frozen {fault:.0f} s"
     return [
@@ -273,6 +280,9 @@ def _cases(workdir: Path, postgres: PostgresServer, redis: RedisServer, fault: f
         Case("postgresql", RESTARTED, f"{postgres.url}?namespace=f2", restarted(postgres)),
         Case("redis", frozen_for, f"{redis.url}?namespace=f1", frozen(redis)),
         Case("redis", RESTARTED, f"{redis.url}?namespace=f2", restarted(redis)),
+        rolled_back("sqlite", f"sqlite:///{rolled_file}"),
+        rolled_back("postgresql", f"{postgres.url}?namespace=f3"),
+        rolled_back("redis", f"{redis.url}?namespace=f3"),
     ]
 
 
@@ -283,6 +293,7 @@ UNITS = {
     "acknowledged": "messages",
     "unanswered": "messages",
     "unanswered in log": "messages",
+    "lost with the rollback": "messages",
     "hung": "requests",
 }
 
@@ -303,7 +314,9 @@ def scenario(quick: bool, workdir: Path) -> ScenarioResult:
             output = directory / f"{case.backend}-{len(raw['cases'])}.log"
             figures = asyncio.run(_run_case(case, output))
             raw["cases"].append({"backend": case.backend, "fault": case.fault, **figures})
-            values = [(name, figures[name], unit) for name, unit in UNITS.items()]
+            if case.fault == ROLLED_BACK:  # acknowledged after the copy: taken with it
+                figures["lost with the rollback"] = figures.pop("unanswered")
+            values = [(name, figures.get(name), unit) for name, unit in UNITS.items()]
             rows += measured("faults", "sessionlog", case.backend, case.fault, values)
     finally:
         postgres.stop()

@@ -192,6 +192,9 @@ def _faults(rows: list[Row]) -> str:
             value = "never" if row is None else _number(row.value, row.unit)
             if metric == "unanswered":
                 in_log = found.get((backend, fault, "unanswered in log"))
+                lost = found.get((backend, fault, "lost with the rollback"))
+                if lost is not None:
+                    value = f"{_number(lost.value, '')} taken by the rollback"
                 value += f" / {_number(in_log.value, '') if in_log else '?'}"
             elif row is not None and row.unit == "s":
                 value += " s"

@@ -47,4 +47,4 @@ def test_quick_run_writes_every_scenario_summary_and_plots(tmp_path: Path) -> No
     assert "| backend | fault |" in result.stdout
     faults = [r for r in summary if r["scenario"] == "faults"]
     lost = [r for r in faults if r["metric"].startswith("unanswered")]
-    assert len(lost) == 10 and all(r["value"] == 0 for r in lost), lost
+    assert len(lost) == 13 and all(r["value"] == 0 for r in lost), lost  # 8 cases, 3 rollbacks
