@@ -34,6 +34,7 @@ from gateway.testing.servers import RedisServer
 from gateway.testing.serving import serve
 from projections import SNAPSHOT_NAME, decode_snapshot
 from tests.gateway.helpers import HANG_GUARD, FakeClock, RecordingTransport, request
+from tests.gateway.test_sse import sse_events
 
 
 async def unanswered(url: str) -> list[str]:
@@ -269,21 +270,6 @@ async def test_a_redis_restarted_from_an_older_file_is_noticed_when_the_tail_com
             await worker.shutdown()
     finally:
         server.stop()
-
-
-async def sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, str]]:
-    """(event, data) pairs from a text/event-stream response; comments skipped."""
-    event, data = "message", []
-    async for raw in response.content:
-        line = raw.decode().rstrip("\r\n")
-        if not line:
-            if data:
-                yield event, "\n".join(data)
-            event, data = "message", []
-        elif line.startswith("event:"):
-            event = line[6:].strip()
-        elif line.startswith("data:"):
-            data.append(line[5:].strip())
 
 
 async def answers(events: AsyncIterator[tuple[str, str]], count: int) -> list[int]:
