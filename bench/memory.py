@@ -14,7 +14,12 @@
   with ``--closed-retention 0`` (closed sessions forgotten at once, as they are a
   day after closing by default).
 
-``--before DIR`` runs every scenario against another checkout too (for example
+- **backend memory**: 2,000 Streamable HTTP sessions opened (initialize) and closed
+  (DELETE) through one worker on Redis (Valkey): its ``used_memory`` per closed
+  session, within the log's ``dedupe_window`` (the event ids of the window kept) and
+  after it (only the stream, the log itself, left).
+
+``--before DIR`` runs the worker scenarios against another checkout too (for example
 ``git archive main | tar -x -C DIR``), side by side; its rows are system
 "sessionlog (before)".
 """
@@ -28,7 +33,9 @@ import tempfile
 from pathlib import Path
 
 import aiohttp
+import redis.asyncio as aioredis
 
+from gateway.testing.servers import RedisServer
 from gateway.testing.workloads import (
     call_big,
     open_and_close,
@@ -46,6 +53,8 @@ CALLS = 60
 CHURN = 20_000
 CHURN_FROM = 2_000  # sessions before the growth is measured (warm-up)
 CLIENTS = 8
+BACKEND_SESSIONS = 2_000
+DEDUPE_WINDOW = 2.0  # s: short, so the run sees the ids forgotten
 
 
 def _log_url(directory: Path, name: str) -> str:
@@ -140,6 +149,40 @@ async def _churn(
     return rows, raw
 
 
+async def _valkey_per_closed_session(directory: Path, sessions: int) -> list[Row]:
+    """Valkey's used_memory per opened-and-closed session, within the dedupe window
+    and once it has passed (what stays is the log's stream)."""
+    (directory / "valkey").mkdir()
+    server = RedisServer(directory / "valkey")
+    server.start()
+    client = aioredis.from_url(server.url)
+
+    async def used() -> int:
+        await client.execute_command("MEMORY", "PURGE")
+        return int((await client.info("memory"))["used_memory"])
+
+    try:
+        url = f"{server.url}?namespace=m&dedupe_window={DEDUPE_WINDOW}"
+        with worker(url) as served:
+            async with aiohttp.ClientSession() as http:
+                await open_and_close(http, served.url, 10, 1)  # the log's keys exist
+                start = await used()
+                await open_and_close(http, served.url, sessions, CLIENTS)
+                within = await used()
+        # Each id bucket expires two windows after its last write.
+        await asyncio.sleep(3 * DEDUPE_WINDOW + 1)
+        after = await used()
+    finally:
+        await client.aclose()
+        server.stop()
+    parameter = f"{sessions} sessions opened and closed, Valkey"
+    values = [
+        ("used_memory per closed session, within the dedupe window", (within - start) / sessions),
+        ("used_memory per closed session, after it", (after - start) / sessions),
+    ]
+    return measured("memory", "sessionlog", "redis", parameter, [(m, v, "B") for m, v in values])
+
+
 def scenario(quick: bool, workdir: Path, before: Path | None = None) -> ScenarioResult:
     calls = 12 if quick else CALLS
     sessions, warm_up = (600, 200) if quick else (CHURN, CHURN_FROM)
@@ -159,6 +202,8 @@ def scenario(quick: bool, workdir: Path, before: Path | None = None) -> Scenario
     )
     rows += forgetting
     raw["sessionlog, closed retention 0 s"] = {"churn": forgetting_raw}
+    backend_sessions = 200 if quick else BACKEND_SESSIONS
+    rows += asyncio.run(_valkey_per_closed_session(workdir, backend_sessions))
     return ScenarioResult(rows=rows, raw=raw)
 
 
