@@ -8,12 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench.__main__ import SCENARIOS, SLOW_BASELINES
 
 # Guards against hangs only; the quick run takes about eight minutes on 2 cores.
 QUICK_GUARD = 1800
 
 
+@pytest.mark.timeout(QUICK_GUARD)
 def test_quick_run_writes_every_scenario_summary_and_plots(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)],
