@@ -103,6 +103,8 @@ def _comparison(ours: float, theirs: float, metric: str) -> str:
     if ours <= 0 or theirs <= 0:
         return ""
     ratio = ours / theirs if metric in HIGHER_IS_BETTER else theirs / ours
+    if 0.95 <= ratio <= 1.05:
+        return "same"
     shown = ratio if ratio >= 1 else 1 / ratio
     text = f"{shown:,.0f}x" if shown >= 100 else f"{shown:.2g}x"
     return f"{text} better" if ratio >= 1 else f"**{text} worse**"
