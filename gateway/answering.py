@@ -150,6 +150,24 @@ class Answering:
         for session_id in list(self._responders):
             self.queue_pending(session_id)
 
+    def answer_own_again(self) -> None:
+        """Answer again, in the background, the messages this worker took to answer
+        within their requests: after a rollback lost their answers nobody else answers
+        them while this worker lives. (A request still in flight records the same
+        answer: its id is derived from the message's.)"""
+        runtime = self.runtime
+        for session_id, session in runtime.projection.state.sessions.items():
+            for message_id, pending in session.pending.items():
+                if pending.answered_by == runtime.worker_id:
+                    again = self._answer_again(session_id, message_id, pending)
+                    runtime.spawn_recorded(session_id, again)
+
+    async def _answer_again(
+        self, session_id: str, message_id: str, pending: PendingMessage
+    ) -> None:
+        message = orjson.loads(await self._payload(session_id, pending))
+        await self.answer(session_id, message_id, message, HandlerContext(session_id, None, {}))
+
     def _queue(
         self, session_id: str, message_ids: list[str], known: dict[int, bytes] | None = None
     ) -> None:

@@ -21,11 +21,8 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-import orjson
-
 from eventlog import LogUnavailable
 
-from .answering import HandlerContext
 from .reading import holds
 
 if TYPE_CHECKING:
@@ -136,15 +133,4 @@ class Lineage:
                 await runtime.streams.drop(session_id, disconnect=True)
         runtime.streams.rewind(projection.position)
         runtime.answers.queue_all_pending()
-        # Messages this worker took to answer within their requests whose answers the
-        # rollback lost: nobody else answers them while this worker lives. (A request
-        # still in flight records the same answer: its id is derived from the message's.)
-        for session_id, session in projection.state.sessions.items():
-            for message_id, pending in session.pending.items():
-                if pending.answered_by == runtime.worker_id:
-                    answer = self._answer(session_id, message_id, pending.payload)
-                    runtime.spawn_recorded(session_id, answer)
-
-    async def _answer(self, session_id: str, message_id: str, payload: bytes) -> None:
-        context = HandlerContext(session_id, None, {})
-        await self.runtime.answers.answer(session_id, message_id, orjson.loads(payload), context)
+        runtime.answers.answer_own_again()

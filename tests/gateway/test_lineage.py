@@ -225,6 +225,36 @@ async def test_a_snapshot_of_a_log_rolled_back_behind_it_is_passed_over_and_repl
         await log.close()
 
 
+async def test_messages_taken_within_their_requests_are_answered_again_after_a_refold(
+    tmp_path: Path,
+) -> None:
+    """A message this worker took to answer within its request, whose answer a
+    rollback lost, is answered by this worker after the re-fold: its bytes read
+    back from the log (no worker keeps a message's bytes in the projection)."""
+    url = f"sqlite:///{tmp_path}/log.db"
+    worker = SessionRegistry(log_url=url, worker_id="a")
+    await worker.initialize(housekeeping=False)
+    try:
+        await worker.add_session("s1", RecordingTransport("s1"))
+        runtime = worker.runtime
+        taken = ClientMessage(
+            session_id="s1", payload=orjson.dumps(request(7, "ping")), answered_by="a"
+        )
+        await runtime.log.append([taken], worker="a")
+        await runtime.sync()
+        await runtime.lineage.broken("a test says so")
+        await asyncio.wait_for(_answered(runtime, "s1", taken.id), HANG_GUARD)
+    finally:
+        await worker.shutdown()
+    assert await unanswered(url) == []
+
+
+async def _answered(runtime: Any, session_id: str, message_id: str) -> None:
+    while (session := runtime.projection.session(session_id)) and message_id in session.pending:
+        await runtime.sync()
+        await asyncio.sleep(0.01)
+
+
 async def test_a_redis_restarted_from_an_older_file_is_noticed_when_the_tail_comes_back(
     tmp_path: Path,
 ) -> None:
