@@ -474,11 +474,8 @@ class Answering:
         Raises:
             LogUnavailable: the log cannot be read.
         """
-        payloads = self.runtime.streams.payloads
-        payload = payloads.get(session_id, pending.position)
-        if payload is None:
-            payload = (await payloads.read(session_id, [pending.position]))[pending.position]
-        return payload
+        read = await self.runtime.streams.payloads.read(session_id, [pending.position])
+        return read[pending.position]
 
     async def answer_shielded(
         self,

@@ -19,7 +19,6 @@ __all__ = [
     "catch_up",
     "holds",
     "load_consistent",
-    "load_latest",
     "pages",
     "records",
     "select",
@@ -146,11 +145,6 @@ async def load_consistent(log: EventLog) -> Loaded:
     if await holds(log, projection.state):
         return Loaded(projection, stale=False)
     return Loaded(RegistryProjection(), stale=True)
-
-
-async def load_latest(log: EventLog) -> RegistryProjection:
-    """The projection from the newest snapshot ``log`` still holds, or an empty one."""
-    return (await load_consistent(log)).projection
 
 
 async def catch_up(log: EventLog, projection: RegistryProjection, until: int | None = None) -> int:

@@ -22,7 +22,7 @@ from eventlog import (
 from gateway import HandlerContext, SessionNotFound, SessionRegistry
 from gateway.held_streams import OUTBOX_LIMIT
 from gateway.protocol.errors import ProtocolError
-from gateway.reading import load_latest, timeline
+from gateway.reading import load_consistent, timeline
 from gateway.settings import Settings
 from gateway.testing.servers import RedisServer
 from projections import SNAPSHOT_NAME, SentMessage
@@ -255,7 +255,7 @@ async def test_workers_start_from_the_newest_snapshot(tmp_path: Path) -> None:
         await asyncio.sleep(0.01)
     log = await open_log(url)
     try:
-        restored = await load_latest(log)
+        restored = (await load_consistent(log)).projection
         assert restored.position >= 10
         second = SessionRegistry(log_url=url)
         await second.initialize(housekeeping=False)
