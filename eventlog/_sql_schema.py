@@ -40,6 +40,18 @@ class SQLSchema:
             Column("at", Float, nullable=False),
             Column("worker", String(128), nullable=False),
             Column("data", LargeBinary, nullable=False),
+            # The record's link in the hash chain (eventlog.chain); NULL for records
+            # written before chains existed.
+            Column("chain", LargeBinary, nullable=True),
+        )
+        # One row: the log start position (records below it are archived) and the link
+        # of the record before it. No row: nothing was ever trimmed (start 1).
+        self.start = Table(
+            f"{namespace}_start",
+            self.metadata,
+            Column("id", Integer, primary_key=True, autoincrement=False),
+            Column("position", BigInteger, nullable=False),
+            Column("chain", LargeBinary, nullable=False),
         )
         self.owners = Table(
             f"{namespace}_owners",

@@ -21,8 +21,10 @@ from typing import NamedTuple
 
 import msgspec
 
+from .archive import Archive, ArchiveError, Manifest, decode_segment, encode_segment
+from .chain import GENESIS, ChainedRow, Walk
 from .codec import Record, decode_records, encode_event
-from .errors import CodecError, EventLogError, LogRolledBack, LogUnavailable
+from .errors import ChainBroken, CodecError, EventLogError, LogRolledBack, LogUnavailable
 from .events import Event, OwnerClaimed, OwnerReleased, Role
 
 __all__ = [
@@ -44,6 +46,7 @@ MAX_BATCH_EVENTS = 2_000  # events in one group commit; bounds transaction size 
 # smaller batches are cheaper whole than as two commits.
 MIN_SHARED_BATCH_EVENTS = 250
 TAIL_RETRY_MAX = 2.0  # seconds between a tail's attempts while the backend is down
+SEGMENT_RECORDS = 20_000  # records in one archive segment, at the most
 
 
 # Structs without GC tracking: a log holds millions of these, and tracked tuples
@@ -157,6 +160,9 @@ class EventLog(ABC):
     back. Nothing else from a driver escapes.
     """
 
+    # The hash of the chain of links every record carries (see eventlog.chain).
+    hash_name = "sha256"
+
     # Group commits that may be in flight at once. One: each batch waits for the one
     # before it. A backend whose commits are atomic on the server whatever their
     # order (Redis: one script call, positions assigned inside it) raises it, so a
@@ -164,10 +170,20 @@ class EventLog(ABC):
     commits_in_flight = 1
 
     def __init__(
-        self, *, url: str, clock: Callable[[], float] = time.time, read_only: bool = False
+        self,
+        *,
+        url: str,
+        clock: Callable[[], float] = time.time,
+        read_only: bool = False,
+        archive: Archive | None = None,
     ) -> None:
         # Shown in errors and logs; never carries credentials.
         self.url = url
+        # Where records below the log's start position are (None: nowhere, they are gone).
+        self.archive = archive
+        # The log start position as last seen, and the archived segment last read.
+        self._known_start = 1
+        self._segment: tuple[Manifest, list[ChainedRow]] | None = None
         # Opened to read only (audits): storage is neither created nor written.
         self.read_only = read_only
         # Wall time of appends; injectable so tests control it.
@@ -229,6 +245,8 @@ class EventLog(ABC):
         looked at, decodable or not (``after`` when there was none). Continue from it."""
         self.stats.queries += 1
         rows = await self._read_rows(after, limit)
+        if rows and rows[0][0] != after + 1 and after + 1 < await self.start():
+            rows = await self._read_archived(after, limit)  # below the hot log
         return self._decode(rows), (rows[-1][0] if rows else after)
 
     async def tail(self, after: int = 0, *, limit: int = 1000) -> AsyncIterator[Record]:
@@ -284,11 +302,17 @@ class EventLog(ABC):
             failed = False
             if position:
                 read_before = rows[0]
-                if read_before[0] != position or (at is not None and read_before[1] != at):
-                    raise LogRolledBack(
-                        f"{self.url}: the record at {position} is not the one read before"
-                    )
-                rows = rows[1:]
+                if read_before[0] == position and (at is None or read_before[1] == at):
+                    rows = rows[1:]
+                else:
+                    start = await self.start()
+                    if position + 1 < start:  # left behind by a compaction
+                        rows = await self._read_archived(position, limit)
+                    elif read_before[0] != position + 1 or position + 1 != start:
+                        raise LogRolledBack(
+                            f"{self.url}: the record at {position} is not the one read before"
+                        )
+                    # else the record read before was archived since: the rest is here
             position, at = rows[-1][0], rows[-1][1]
             yield self._decode(rows), position
 
@@ -346,6 +370,115 @@ class EventLog(ABC):
         """The newest snapshot stored under ``name``, or None."""
         return await self._load_snapshot(name)
 
+    # -- retention: the log start position, the archive, the chain ---------------
+
+    async def start(self) -> int:
+        """The log start position: the first record in the hot log. Records below it
+        were moved to the archive (1 while nothing was). Positions are never reused:
+        the head record always stays in the hot log."""
+        self._known_start = (await self._start())[0]
+        return self._known_start
+
+    async def hot_size(self) -> int:
+        """Bytes the hot log takes in its storage, as the backend counts them."""
+        self.stats.queries += 1
+        return await self._hot_size()
+
+    async def read_chained(self, after: int = 0, limit: int = 1000) -> list[ChainedRow]:
+        """Up to ``limit`` hot-log rows after ``after`` as stored, with their links,
+        undecoded: what a move to the archive and a verify read."""
+        self.stats.queries += 1
+        return await self._read_chained(after, limit)
+
+    async def start_anchor(self) -> tuple[int, bytes]:
+        """The start position and the link of the record before it (GENESIS at 1)."""
+        start, anchor = await self._start()
+        self._known_start = start
+        return start, anchor
+
+    async def archive_until(
+        self,
+        before: int,
+        *,
+        older_than: float | None = None,
+        segment_records: int = SEGMENT_RECORDS,
+    ) -> int:
+        """Move the records below ``before`` (appended before ``older_than``, if given:
+        the move stops at the first that is not) from the hot log to the archive, a
+        segment at a time: copy, read back and compare, then trim the hot log up to
+        it, which is the move's commit point. Returns the start position after.
+
+        A move killed at any point leaves each record in exactly one place: a segment
+        written but not yet trimmed for is not archived (readers keep to segments
+        below the start) and is replaced by the next move. Never moves the head
+        record. Raises :class:`ChainBroken` instead of moving records whose links do
+        not hold (someone changed the hot log: an operator must look).
+        """
+        self._check_writable()
+        archive = self.archive
+        if archive is None:
+            raise EventLogError(f"{self.url} has no archive to move records to")
+        start, anchor = await self.start_anchor()
+        before = min(before, await self.head())
+        if start >= before:
+            return start
+        await archive.remove_from(start)
+        walk = Walk(self.hash_name, expected=start, previous=anchor)
+        while start < before:
+            wanted = min(segment_records, before - start)
+            rows = await self.read_chained(start - 1, wanted)
+            if older_than is not None:
+                kept = next((i for i, row in enumerate(rows) if row.at >= older_than), len(rows))
+                rows = rows[:kept]
+            if not rows:
+                break
+            if not walk.feed(rows, "hot log"):
+                assert walk.broken is not None
+                raise ChainBroken(walk.broken)
+            manifest, blob = encode_segment(rows, self.hash_name, anchor)
+            await archive.write(manifest, blob)
+            if decode_segment(manifest, await archive.read(manifest)) != rows:
+                raise ArchiveError(f"segment {manifest.name} did not read back as written")
+            last = rows[-1]
+            link = last.chain if last.chain is not None else GENESIS
+            moved = await self._trim(last.position + 1, link, start)
+            if moved != last.position + 1:
+                raise EventLogError(
+                    f"{self.url}: another move changed the start position to {moved} meanwhile"
+                )
+            start, anchor = moved, link
+            self._known_start = moved
+            if len(rows) < wanted:
+                break
+        return start
+
+    async def _read_archived(self, after: int, limit: int) -> list[LogRow]:
+        """Rows after ``after`` from the archive, up to ``limit`` and below the start."""
+        archive, start = self.archive, self._known_start
+        if archive is None:
+            return []
+        rows: list[LogRow] = []
+        wanted = after + 1
+        manifests: list[Manifest] | None = None
+        while len(rows) < limit and wanted < start:
+            cached = self._segment
+            if cached is None or not cached[0].first <= wanted <= cached[0].last:
+                if manifests is None:
+                    manifests = [m for m in await archive.manifests() if m.last < start]
+                manifest = next((m for m in manifests if m.first <= wanted <= m.last), None)
+                if manifest is None:
+                    raise ArchiveError(f"{archive.url} has no segment holding position {wanted}")
+                cached = self._segment = (
+                    manifest,
+                    decode_segment(manifest, await archive.read(manifest)),
+                )
+            manifest, segment = cached
+            offset = wanted - manifest.first
+            for position, at, worker, data, _ in segment[offset : offset + limit - len(rows)]:
+                rows.append((position, at, worker, data))  # LogRow's shape
+            wanted = rows[-1][0] + 1
+        return rows
+
     async def close(self) -> None:
         """Finish pending writes and release connections. Idempotent."""
         if self._closed:
@@ -387,6 +520,24 @@ class EventLog(ABC):
 
     @abstractmethod
     async def _load_snapshot(self, name: str) -> bytes | None: ...
+
+    @abstractmethod
+    async def _read_chained(self, after: int, limit: int) -> list[ChainedRow]:
+        """Hot-log rows after ``after`` with their links, in position order."""
+
+    @abstractmethod
+    async def _start(self) -> tuple[int, bytes]:
+        """The start position and the link of the record before it ((1, GENESIS)
+        while nothing was trimmed)."""
+
+    @abstractmethod
+    async def _trim(self, before: int, anchor: bytes, expected_start: int) -> int:
+        """Atomically, if the start position is ``expected_start``: make it ``before``
+        (with ``anchor``, the link of the record at ``before - 1``) and delete the rows
+        below it. Returns the start position after the call either way."""
+
+    @abstractmethod
+    async def _hot_size(self) -> int: ...
 
     async def _wait(self, after: int, generation: int) -> None:
         """Return when records after ``after`` may exist. Default: an append in this process."""

@@ -6,13 +6,21 @@ exception crosses the contract::
     EventLogError
     ├── LogUnavailable      (also a ConnectionError)
     ├── LogRolledBack
+    ├── ChainBroken
     ├── CodecError          (also a ValueError)
     └── UnsupportedURL      (also a ValueError)
 """
 
 from __future__ import annotations
 
-__all__ = ["CodecError", "EventLogError", "LogRolledBack", "LogUnavailable", "UnsupportedURL"]
+__all__ = [
+    "ChainBroken",
+    "CodecError",
+    "EventLogError",
+    "LogRolledBack",
+    "LogUnavailable",
+    "UnsupportedURL",
+]
 
 
 class EventLogError(Exception):
@@ -31,6 +39,15 @@ class LogRolledBack(EventLogError):
     """Raised by a tail that finds the record it last read replaced: the log was
     rolled back behind it (a restore, a failover to a replica that was behind) and
     written again. What the reader folded is not this log any more."""
+
+
+class ChainBroken(EventLogError):
+    """Raised when records' links do not hold: the log was changed after it was
+    written. ``args[0]`` is the :class:`~eventlog.chain.ChainBreak` found."""
+
+    def __str__(self) -> str:
+        broken = self.args[0]
+        return f"{broken.where}: position {broken.position}: {broken.reason}"
 
 
 class CodecError(EventLogError, ValueError):

@@ -9,7 +9,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from .archive import Archive
 from .base import Append, Claim, EventLog, LogRow, Operation, Release, StoredEvent
+from .chain import GENESIS, ChainedRow, linker
 
 __all__ = ["MemoryEventLog"]
 
@@ -21,9 +23,13 @@ class MemoryEventLog(EventLog):
         url: str = "memory://",
         clock: Callable[[], float] = time.time,
         read_only: bool = False,
+        archive: Archive | None = None,
     ) -> None:
-        super().__init__(url=url, clock=clock, read_only=read_only)
-        self._rows: list[LogRow] = []  # row i holds position i + 1
+        super().__init__(url=url, clock=clock, read_only=read_only, archive=archive)
+        self._rows: list[LogRow] = []  # row i holds position self._first + i
+        self._links: list[bytes] = []  # the link of each row
+        self._first, self._anchor = 1, GENESIS  # the start position, the link before it
+        self._link = linker(self.hash_name)
         self._positions: dict[str, int] = {}  # event id -> position
         self._owners: dict[str, str] = {}
         self._snapshots: dict[str, tuple[int, bytes]] = {}
@@ -32,9 +38,11 @@ class MemoryEventLog(EventLog):
         positions = self._positions
         position = positions.get(event.event_id)
         if position is None:
-            rows = self._rows
-            position = positions[event.event_id] = len(rows) + 1
+            rows, links = self._rows, self._links
+            position = positions[event.event_id] = self._first + len(rows)
             rows.append((position, at, worker, event.data))  # LogRow's shape, built faster
+            previous = links[-1] if links else self._anchor
+            links.append(self._link(previous, position, at, worker, event.data))
         return position
 
     async def _commit(self, operations: list[Operation]) -> list[object]:
@@ -62,11 +70,33 @@ class MemoryEventLog(EventLog):
         return results
 
     async def _read_rows(self, after: int, limit: int) -> list[LogRow]:
-        start = max(after, 0)
+        start = max(after + 1 - self._first, 0)
         return self._rows[start : start + limit]
 
+    async def _read_chained(self, after: int, limit: int) -> list[ChainedRow]:
+        start = max(after + 1 - self._first, 0)
+        return [
+            ChainedRow(*row, link)
+            for row, link in zip(
+                self._rows[start : start + limit], self._links[start : start + limit], strict=True
+            )
+        ]
+
     async def _head(self) -> int:
-        return len(self._rows)
+        return self._first + len(self._rows) - 1
+
+    async def _start(self) -> tuple[int, bytes]:
+        return self._first, self._anchor
+
+    async def _trim(self, before: int, anchor: bytes, expected_start: int) -> int:
+        if self._first == expected_start and before > self._first:
+            cut = before - self._first
+            del self._rows[:cut], self._links[:cut]
+            self._first, self._anchor = before, anchor
+        return self._first
+
+    async def _hot_size(self) -> int:
+        return sum(len(row[3]) for row in self._rows)
 
     async def _save_snapshot(self, name: str, position: int, data: bytes, replace: bool) -> None:
         if replace or position > self._snapshots.get(name, (-1, b""))[0]:
