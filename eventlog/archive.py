@@ -134,16 +134,13 @@ class Archive(ABC):
     @abstractmethod
     async def write(self, manifest: Manifest, blob: bytes) -> None:
         """Store a segment durably, replacing any segment that starts at the same
-        position (a leftover of a move that was killed before its trim)."""
+        position (a leftover of a move that was killed before its trim: leftovers
+        always start at the start position, since a move trims for each segment
+        before it writes the next)."""
 
     @abstractmethod
     async def read(self, manifest: Manifest) -> bytes:
         """A segment's bytes."""
-
-    @abstractmethod
-    async def remove_from(self, position: int) -> None:
-        """Remove segments whose first record is at or after ``position``: leftovers
-        of a move killed before its trim (they are not archived)."""
 
     async def close(self) -> None:  # noqa: B027 - most archives hold nothing open
         """Release what the archive holds open."""
@@ -188,7 +185,7 @@ class DirectoryArchive(Archive):
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             # A leftover with the same first position but another last: gone first.
-            self._remove(lambda first, _last: first == manifest.first)
+            self._remove_starting_at(manifest.first)
             _write_durably(self.path / f"{manifest.name}.zst", blob)
             _write_durably(self.path / f"{manifest.name}.manifest.json", encode_manifest(manifest))
             _sync_directory(self.path)
@@ -203,17 +200,10 @@ class DirectoryArchive(Archive):
         except OSError as exc:
             raise LogUnavailable(f"archive {self.url}: {exc}") from exc
 
-    async def remove_from(self, position: int) -> None:
-        await asyncio.to_thread(self._remove, lambda first, _last: first >= position)
-
-    def _remove(self, doomed: object) -> None:
-        try:
-            names = os.listdir(self.path)
-        except FileNotFoundError:
-            return
-        for name in names:
+    def _remove_starting_at(self, first: int) -> None:
+        for name in os.listdir(self.path):
             match = _SEGMENT_NAME.match(name)
-            if match and doomed(int(match[1]), int(match[2])):  # type: ignore[operator]
+            if match and int(match[1]) == first:
                 # The manifest first: a segment without one is not looked at.
                 (self.path / name).unlink(missing_ok=True)
                 (self.path / name.replace(".manifest.json", ".zst")).unlink(missing_ok=True)

@@ -411,8 +411,11 @@ class EventLog(ABC):
         A move killed at any point leaves each record in exactly one place: a segment
         written but not yet trimmed for is not archived (readers keep to segments
         below the start) and is replaced by the next move. Never moves the head
-        record. Raises :class:`ChainBroken` instead of moving records whose links do
-        not hold (someone changed the hot log: an operator must look).
+        record. Moves of one log must not run at once (a move's segment could replace
+        one another move just committed): callers hold a claim, as the gateway's
+        compaction does through the log. Raises :class:`ChainBroken` instead of
+        moving records whose links do not hold (someone changed the hot log: an
+        operator must look).
         """
         self._check_writable()
         archive = self.archive
@@ -422,7 +425,6 @@ class EventLog(ABC):
         before = min(before, await self.head())
         if start >= before:
             return start
-        await archive.remove_from(start)
         walk = Walk(self.hash_name, expected=start, previous=anchor)
         while start < before:
             wanted = min(segment_records, before - start)
@@ -432,6 +434,8 @@ class EventLog(ABC):
                 rows = rows[:kept]
             if not rows:
                 break
+            if rows[0].position != start:
+                raise EventLogError(f"{self.url}: another move changed the start position")
             if not walk.feed(rows, "hot log"):
                 assert walk.broken is not None
                 raise ChainBroken(walk.broken)
