@@ -29,6 +29,7 @@ _URL_OPTIONS = {
     "dedupe_window": float,
     "wait_replicas": int,
     "wait_timeout": float,
+    "archive": str,
 }
 
 

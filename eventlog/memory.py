@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from .archive import Archive
+from .archive import Archive, directory_archive
 from .base import Append, Claim, EventLog, LogRow, Operation, Release, StoredEvent
 from .chain import GENESIS, ChainedRow, linker
 
@@ -23,8 +23,11 @@ class MemoryEventLog(EventLog):
         url: str = "memory://",
         clock: Callable[[], float] = time.time,
         read_only: bool = False,
-        archive: Archive | None = None,
+        # An Archive, or a URL's ``archive=`` option (a directory; none by default).
+        archive: Archive | str | None = None,
     ) -> None:
+        if not isinstance(archive, Archive):
+            archive = directory_archive(archive, None)
         super().__init__(url=url, clock=clock, read_only=read_only, archive=archive)
         self._rows: list[LogRow] = []  # row i holds position self._first + i
         self._links: list[bytes] = []  # the link of each row
