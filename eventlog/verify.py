@@ -10,6 +10,8 @@ links from some record on (which no single check can catch) does not.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 
@@ -96,15 +98,23 @@ async def verify(
         walk.anchor(start - 1, anchor, "hot log start")
     first = 1 if archive is not None else start
     after = start - 1
-    while walk.broken is None:
-        rows = await log.read_chained(after, PAGE)
-        if not rows:
-            break
-        if not _walk_to(walk, rows, "hot log", expect):
-            break
-        after = rows[-1].position
-        if progress is not None:
-            progress(after)
+    # The next page is read while this one is walked: the server's work overlaps ours.
+    reading = asyncio.ensure_future(log.read_chained(after, PAGE))
+    try:
+        while walk.broken is None:
+            rows = await reading
+            if not rows:
+                break
+            after = rows[-1].position
+            reading = asyncio.ensure_future(log.read_chained(after, PAGE))
+            if not _walk_to(walk, rows, "hot log", expect):
+                break
+            if progress is not None:
+                progress(after)
+    finally:
+        reading.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await reading
     if expect is not None and walk.broken is None and walk.expected - 1 < expect.position:
         walk.broken = ChainBreak(
             position=walk.expected,
