@@ -17,10 +17,12 @@ nobody. ``sessionlog serve`` runs it every ``--compact-interval`` (see
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
 import os
+import secrets
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -29,15 +31,29 @@ import msgspec
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from eventlog import EventLog, EventLogError, LogUnavailable
+from eventlog import (
+    EventLog,
+    EventLogError,
+    LogUnavailable,
+    WorkerHeartbeat,
+    WorkerStarted,
+    WorkerStopped,
+    open_log,
+)
 from eventlog.errors import ChainBroken
 from projections import SNAPSHOT_NAME, RegistryProjection, RegistryState, encode_snapshot
+
+from .reading import catch_up, load_consistent
+from .replay import check_log_file
+from .settings import Settings
 
 __all__ = [
     "COMPACTION_KEY",
     "Compacted",
     "Compaction",
     "CompactionCollector",
+    "compact_by_hand",
+    "describe",
     "oldest_needed",
 ]
 
@@ -210,6 +226,57 @@ def describe(done: Compacted) -> str:
         f"{moved}; the log starts at {done.start} (needed from {done.needed_from}); "
         f"hot log {done.hot_size} bytes; {done.seconds:.2f} s"
     )
+
+
+async def compact_by_hand(
+    url: str, *, retain: float | None, retain_size: int | None, settings: Settings
+) -> Compacted | None:
+    """``sessionlog compact``: one run now, as a worker of its own (announced, beating
+    while it runs, stopped after), so that serving workers see it alive or dead like
+    any other. None if another worker holds the claim.
+
+    Raises:
+        ValueError: this log cannot be compacted with these settings.
+        EventLogError: the log or its archive failed (ChainBroken: nothing moved).
+    """
+    check_log_file(url)
+    log = await open_log(url)
+    try:
+        worker = f"compactor-{secrets.token_hex(6)}"
+        compaction = Compaction(
+            log,
+            worker,
+            retain=retain,
+            retain_size=retain_size,
+            worker_ttl=settings.worker_ttl,
+        )
+        impossible = compaction.possible
+        if impossible is not None:
+            raise ValueError(f"cannot compact: {impossible}")
+        loaded = await load_consistent(log)
+        projection = loaded.projection
+        projection.closed_retention = settings.closed_retention
+        await catch_up(log, projection)
+        started = WorkerStarted(host=socket.gethostname(), pid=os.getpid())
+        await log.append([started], worker=worker)
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(settings.heartbeat_interval)
+                with contextlib.suppress(LogUnavailable):
+                    await log.append([WorkerHeartbeat()], worker=worker)
+
+        beating = asyncio.create_task(beat())
+        try:
+            # The run's own records (its start, claim) are in the fold it snapshots.
+            await catch_up(log, projection)
+            return await compaction.run(projection)
+        finally:
+            beating.cancel()
+            with contextlib.suppress(LogUnavailable):
+                await log.append([WorkerStopped()], worker=worker)
+    finally:
+        await log.close()
 
 
 class CompactionCollector(Collector):
