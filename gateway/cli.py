@@ -26,6 +26,11 @@ from .supervisor import SUPERVISOR_FD, supervise, watch_supervisor
 
 __all__ = ["main"]
 
+# The settings a compaction by hand takes (the rest are serve's).
+COMPACT_OPTIONS = frozenset(
+    {"log_url", "retain", "retain_size", "archive_segment_records", "heartbeat_interval"}
+)
+
 
 def _parser_of(option: Option) -> Any:
     """The option's parse, its ValueError as argparse's one-line usage error."""
@@ -99,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="One compaction run, as serve makes every --compact-interval: exit 0 "
         "when it ran, 1 when another worker is compacting or it failed, 2 on bad input.",
     )
-    _add_options(compact, {"log_url", "retain", "retain_size"})
+    _add_options(compact, COMPACT_OPTIONS)
     verify = commands.add_parser(
         "verify",
         help="check the hash chain over archive and hot log; print a digest to keep",
@@ -135,16 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def compact(args: argparse.Namespace) -> int:
     """The ``compact`` subcommand."""
-    settings = Settings(log_url=args.log_url, retain=args.retain, retain_size=args.retain_size)
+    settings = Settings(**{name: getattr(args, name) for name in COMPACT_OPTIONS})
     try:
-        done = asyncio.run(
-            compact_by_hand(
-                settings.log_url,
-                retain=settings.retain,
-                retain_size=settings.retain_size,
-                settings=settings,
-            )
-        )
+        done = asyncio.run(compact_by_hand(settings))
     except (ValueError, ReplayError) as exc:
         print(f"sessionlog compact: {exc}", file=sys.stderr)
         return 2

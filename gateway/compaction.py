@@ -40,6 +40,7 @@ from eventlog import (
     WorkerStopped,
     open_log,
 )
+from eventlog.base import SEGMENT_RECORDS
 from eventlog.errors import ChainBroken
 from projections import SNAPSHOT_NAME, RegistryProjection, RegistryState, encode_snapshot
 
@@ -113,6 +114,7 @@ class Compaction:
         retain: float | None,
         retain_size: int | None,
         worker_ttl: float,
+        segment_records: int = SEGMENT_RECORDS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.log = log
@@ -120,6 +122,7 @@ class Compaction:
         self.retain = retain
         self.retain_size = retain_size
         self.worker_ttl = worker_ttl
+        self.segment_records = segment_records
         self.clock = clock
         # Counters for /metrics.
         self.runs = 0
@@ -175,13 +178,17 @@ class Compaction:
         needed = min(position + 1, oldest_needed(projection.state))
         start = start_before
         if self.retain is not None:
-            start = await log.archive_until(needed, older_than=self.clock() - self.retain)
+            start = await log.archive_until(
+                needed, older_than=self.clock() - self.retain, segment_records=self.segment_records
+            )
         size = await log.hot_size()
         if self.retain_size is not None and size > self.retain_size and start < needed:
             # Records take about the same room each: move the share that is over budget.
             records = await log.head() - start + 1
             over = math.ceil((size - self.retain_size) / (size / records))
-            start = await log.archive_until(min(needed, start + over))
+            start = await log.archive_until(
+                min(needed, start + over), segment_records=self.segment_records
+            )
             size = await log.hot_size()
         self.runs += 1
         self.archived += start - start_before
@@ -228,9 +235,7 @@ def describe(done: Compacted) -> str:
     )
 
 
-async def compact_by_hand(
-    url: str, *, retain: float | None, retain_size: int | None, settings: Settings
-) -> Compacted | None:
+async def compact_by_hand(settings: Settings) -> Compacted | None:
     """``sessionlog compact``: one run now, as a worker of its own (announced, beating
     while it runs, stopped after), so that serving workers see it alive or dead like
     any other. None if another worker holds the claim.
@@ -239,16 +244,17 @@ async def compact_by_hand(
         ValueError: this log cannot be compacted with these settings.
         EventLogError: the log or its archive failed (ChainBroken: nothing moved).
     """
-    check_log_file(url)
-    log = await open_log(url)
+    check_log_file(settings.log_url)
+    log = await open_log(settings.log_url)
     try:
         worker = f"compactor-{secrets.token_hex(6)}"
         compaction = Compaction(
             log,
             worker,
-            retain=retain,
-            retain_size=retain_size,
+            retain=settings.retain,
+            retain_size=settings.retain_size,
             worker_ttl=settings.worker_ttl,
+            segment_records=settings.archive_segment_records,
         )
         impossible = compaction.possible
         if impossible is not None:

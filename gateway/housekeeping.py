@@ -50,6 +50,7 @@ class Housekeeping:
             retain=settings.retain,
             retain_size=settings.retain_size,
             worker_ttl=runtime.worker_ttl,
+            segment_records=settings.archive_segment_records,
             clock=runtime.clock,
         )
         self._compacting: asyncio.Task[Compacted | None] | None = None

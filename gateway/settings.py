@@ -222,6 +222,12 @@ class Settings:
         group=_RETENTION,
         parse=parse_size,
     )
+    archive_segment_records: int = _setting(
+        20_000,
+        "records in one archive segment, at the most",
+        group=_RETENTION,
+        parse=int,
+    )
     compact_interval: float = _setting(
         300.0,
         "time between compactions: 90s, 5m, ... (default 5m)",
