@@ -9,6 +9,7 @@ import asyncio
 import inspect
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -127,7 +128,7 @@ async def start_of(url: str) -> int:
 def test_replay_export_and_verify_read_the_archive_and_hot_log_as_one(
     log_url: str, archive: Path, tmp_path: Path
 ) -> None:
-    first_at = time.time() - 2 * DAY
+    first_at = float(int(time.time() - 2 * DAY))  # whole seconds: every backend keeps them
     asyncio.run(write_sessions(log_url, 10, first_at))
     replayed = sessionlog("replay", "--log", log_url, "--session", "s3", "--format", "jsonl")
     assert replayed.returncode == 0, replayed.stderr
@@ -166,14 +167,15 @@ def test_replay_export_and_verify_read_the_archive_and_hot_log_as_one(
     assert summary.startswith("checked ") and "50 archived" in summary
     assert summary.endswith("records/s") and ok.startswith("ok up to position ")
     digest = orjson.loads(digest_line)
-    assert digest["position"] == len(positions) and len(digest["chain"]) == 64
+    assert digest["position"] == len(positions)
+    assert len(bytes.fromhex(digest["chain"])) == {"sha256": 32, "sha1": 20}[digest["hash"]]
     kept = tmp_path / "digest.json"
     kept.write_text(digest_line + "\n")
     for expect in (digest_line, str(kept)):
         proved = sessionlog("verify", "--log", log_url, "--expect", expect)
         assert proved.returncode == 0, proved.stderr
         assert proved.stdout.splitlines()[-1].endswith("matches")
-    rewritten = orjson.dumps({**digest, "chain": "00" * 32}).decode()
+    rewritten = orjson.dumps({**digest, "chain": "00" * (len(digest["chain"]) // 2)}).decode()
     refused = sessionlog("verify", "--log", log_url, "--expect", rewritten)
     assert refused.returncode == 1 and "rewritten" in refused.stdout
     # Bad input: exit 2, one line.
@@ -191,7 +193,11 @@ def test_replay_export_and_verify_read_the_archive_and_hot_log_as_one(
     segment.write_bytes(bytes(data))
     broken = sessionlog("verify", "--log", log_url)
     assert broken.returncode == 1
-    assert broken.stdout.splitlines()[-1].startswith("broken at position 8 in archive segment")
+    where = re.fullmatch(
+        r"broken at position (\d+) in archive segment 0*8-0*14: .+",
+        found := broken.stdout.splitlines()[-1],
+    )
+    assert where is not None and 8 <= int(where[1]) <= 14, found
 
 
 def compactor_claims(records: list[Any]) -> list[tuple[str, str]]:
