@@ -3,8 +3,9 @@ log to the log's archive.
 
 One worker compacts at a time, claimed through the log (the ``"compactor"`` claim
 on :data:`COMPACTION_KEY`): two moves of one log at once could replace each other's
-segments. A claim left by a worker that died is taken over once the projection
-says it is dead (its heartbeats stopped, or, on this host, its process is gone).
+segments. A claim left by a worker that died is taken over once it is seen dead:
+its heartbeats stopped (the projection says), or it was a ``sessionlog compact``
+run on this host whose process is gone.
 
 A run saves a snapshot of the registry first, so a worker starting later folds from
 at or after the new start position; then moves records below the oldest one still
@@ -90,12 +91,33 @@ def oldest_needed(state: RegistryState) -> int:
     return oldest
 
 
-def _process_gone(host: str, pid: int) -> bool:
-    """Whether ``pid`` on ``host`` is known to be gone: only this host's can be told."""
-    if host != socket.gethostname() or pid <= 0:
+def _this_process() -> str:
+    """Where this process runs, as precisely as a pid means anything: the host and
+    its pid namespace (containers sharing a host name have their own)."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:  # no /proc (not Linux): one pid space per host
+        namespace = 0
+    return f"{socket.gethostname()}:{namespace}:{os.getpid()}"
+
+
+def by_hand_worker_id() -> str:
+    """A ``sessionlog compact`` run's worker id: it names its process, so that the
+    next run on this host can tell a run killed while it held the claim from one
+    still going, without waiting out its heartbeats."""
+    return f"compactor-{secrets.token_hex(4)}@{_this_process()}"
+
+
+def _process_gone(worker: str) -> bool:
+    """Whether ``worker`` is a compact run of this host's pid namespace whose process
+    is gone. Any other: not known here (a pid reused since counts as alive, which
+    only waits for its heartbeats)."""
+    _, at, where = worker.partition("@")
+    place, _, pid = where.rpartition(":")
+    if not at or place != _this_process().rpartition(":")[0] or not pid.isdigit():
         return False
     try:
-        os.kill(pid, 0)
+        os.kill(int(pid), 0)
     except ProcessLookupError:
         return True
     except PermissionError:  # someone else's process: there
@@ -151,10 +173,8 @@ class Compaction:
         return holder
 
     def _dead(self, projection: RegistryProjection, holder: str) -> bool:
-        if not projection.is_alive(holder, self.clock(), self.worker_ttl):
-            return True
-        worker = projection.state.workers[holder]
-        return _process_gone(worker.host, worker.pid)
+        alive = projection.is_alive(holder, self.clock(), self.worker_ttl)
+        return not alive or _process_gone(holder)
 
     async def run(self, projection: RegistryProjection) -> Compacted | None:
         """One run with ``projection`` folded up to now: None if another worker
@@ -247,7 +267,7 @@ async def compact_by_hand(settings: Settings) -> Compacted | None:
     check_log_file(settings.log_url)
     log = await open_log(settings.log_url)
     try:
-        worker = f"compactor-{secrets.token_hex(6)}"
+        worker = by_hand_worker_id()
         compaction = Compaction(
             log,
             worker,
