@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from eventlog import (
     ClientMessage,
     EventLog,
+    MemoryEventLog,
     MessageHandled,
     ServerMessage,
     SessionOpened,
@@ -210,3 +211,28 @@ async def test_no_archive_no_compaction(tmp_path: Path) -> None:
 
 def test_oldest_needed_of_an_empty_fold_is_past_it() -> None:
     assert oldest_needed(RegistryProjection().state) == 1
+
+
+async def test_a_broken_chain_moves_nothing_and_is_said_not_raised(
+    log: EventLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = FakeClock()
+    log.clock = clock
+    a = await started(log, clock, "a", retain=DAY)
+    await log.append([WorkerHeartbeat() for _ in range(20)], worker="a")
+    clock.advance(2 * DAY)
+    await log.append([WorkerHeartbeat()], worker="a")
+    assert isinstance(log, MemoryEventLog)
+    row = log._rows[5]  # someone changed a byte of position 6 in the hot log
+    log._rows[5] = (*row[:3], row[3][:-1] + bytes([row[3][-1] ^ 1]))
+    assert await a.housekeeping.compact() is None
+    assert await log.start() == 1
+    assert (
+        "chain is broken" in caplog.text and "position 6" in a.housekeeping.compaction.chain_broken
+    )
+    registry = CollectorRegistry()
+    registry.register(CompactionCollector(lambda: a.housekeeping.compaction))
+    assert registry.get_sample_value("sessionlog_compaction_chain_broken") == 1
+    # The claim was let go: the next run (after a repair) is not locked out.
+    assert await log.claim(COMPACTION_KEY, "b", None, role="compactor") == "b"
+    await a.stop()
