@@ -27,7 +27,7 @@ from gateway.compaction import COMPACTION_KEY, CompactionCollector, oldest_neede
 from gateway.reading import pages
 from gateway.runtime import WorkerRuntime
 from gateway.settings import Settings, parse_duration, parse_retention, parse_size
-from projections import SNAPSHOT_NAME, RegistryProjection, restore
+from projections import SERVER_HISTORY, SNAPSHOT_NAME, RegistryProjection, restore
 from tests.gateway.helpers import FakeClock
 
 DAY = 86_400.0
@@ -235,4 +235,26 @@ async def test_a_broken_chain_moves_nothing_and_is_said_not_raised(
     assert registry.get_sample_value("sessionlog_compaction_chain_broken") == 1
     # The claim was let go: the next run (after a repair) is not locked out.
     assert await log.claim(COMPACTION_KEY, "b", None, role="compactor") == "b"
+    await a.stop()
+
+
+async def test_a_resume_from_before_the_start_is_served_from_the_archive(log: EventLog) -> None:
+    clock = FakeClock()
+    log.clock = clock
+    a = await started(log, clock, "a", retain=DAY)
+    (opened,) = await log.append([SessionOpened(session_id="s", transport="sse")], worker="a")
+    # More server messages than the fold keeps for resumes: the oldest may be archived.
+    sent = await log.append(
+        [ServerMessage(session_id="s", payload=b'{"n":%d}' % n) for n in range(SERVER_HISTORY + 5)],
+        worker="a",
+    )
+    clock.advance(2 * DAY)
+    await log.append([WorkerHeartbeat()], worker="a")
+    done = await a.housekeeping.compact()
+    assert done is not None and done.start == sent[5]  # the oldest message kept
+    # A client resuming after the opening (an event id below the start) gets every
+    # message once: five read back from the archive, the rest from the hot log.
+    head = await log.head()
+    resumed = [(m.position, m.payload) async for m in a.sent_after("s", opened, head)]
+    assert resumed == [(p, b'{"n":%d}' % n) for n, p in enumerate(sent)]
     await a.stop()
