@@ -230,8 +230,8 @@ class Compaction:
         except ChainBroken as exc:
             self.chain_broken = str(exc)
             logger.error(
-                "compaction: the hot log's chain is broken, nothing moved (run sessionlog "
-                "verify): %s",
+                "compaction: the hot log's chain is broken, nothing from there on moves "
+                "(run sessionlog verify): %s",
                 exc,
             )
             return None
