@@ -438,7 +438,6 @@ DECLARE
     _link bytea;
     _fresh int4[];  -- the events to insert, by index into the arrays, in order
     _links bytea[] := '{{}}';
-    _worker bytea;
     _time bytea := float8send(_at);
     _first int := 1;
     _current text;
@@ -485,13 +484,13 @@ BEGIN
         SELECT e.position, e.chain INTO _head, _link
         FROM {events} AS e ORDER BY e.position DESC LIMIT 1;
         _head := coalesce(_head, 0);
-        _link := coalesce(_link, '');
+        -- _links[0] is the head row's link; one statement a row, the loop's cost.
+        _links[0] := coalesce(_link, '');
         FOR _n IN 1 .. cardinality(_fresh) LOOP
-            _worker := convert_to(_workers[_fresh[_n]], 'UTF8');
-            _link := sha256(convert_to(encode(_link, 'hex'), 'UTF8') || int8send(_head + _n)
-                            || _time || int4send(octet_length(_worker)) || _worker
-                            || _data[_fresh[_n]]);
-            _links[_n] := _link;
+            _links[_n] := sha256(convert_to(encode(_links[_n - 1], 'hex'), 'UTF8')
+                                 || int8send(_head + _n) || _time
+                                 || int4send(octet_length(convert_to(_workers[_fresh[_n]], 'UTF8')))
+                                 || convert_to(_workers[_fresh[_n]], 'UTF8') || _data[_fresh[_n]]);
         END LOOP;
         INSERT INTO {events} (position, event_id, session_id, at, worker, data, chain)
         SELECT _head + f.n, _ids[f.i], _sessions[f.i], _at, _workers[f.i], _data[f.i],
