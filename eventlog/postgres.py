@@ -152,16 +152,19 @@ class PostgresEventLog(EventLog):
         self._commit_sql = (
             f"SELECT positions, owners FROM {function}($1, $2, $3, $4, $5, $6, $7, $8, $9)"
         )
-        # Read-only opens check the log is there instead of creating it.
-        self._has_events_sql = f"SELECT to_regclass('{events}')"
+        # Read-only opens check the log is there instead of creating it, and read a
+        # log not yet migrated to chains as it is.
+        self._layout_sql = (
+            f"SELECT to_regclass('{events}') IS NOT NULL, to_regclass('{start}') IS NOT NULL, "
+            f"EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass('{events}') "
+            "AND attname = 'chain' AND NOT attisdropped)"
+        )
         self._read_sql = (
             f"SELECT position, at, worker, data FROM {events} "
             "WHERE position > $1 ORDER BY position LIMIT $2"
         )
-        self._read_chained_sql = (
-            f"SELECT position, at, worker, data, chain FROM {events} "
-            "WHERE position > $1 ORDER BY position LIMIT $2"
-        )
+        self._events_table = events
+        self._read_chained_sql = _read_chained_sql(events, "chain")
         self._head_sql = f"SELECT coalesce(max(position), 0) FROM {events}"
         self._start_sql = f"SELECT position, chain FROM {start} WHERE id = 1"
         # Appends take the same lock: the start and the rows below it change together.
@@ -238,9 +241,18 @@ class PostgresEventLog(EventLog):
             )
         if not self.read_only:
             await self._run(lambda conn: conn.execute(self._open_sql))
-        elif await self._run(lambda conn: conn.fetchval(self._has_events_sql)) is None:
+            return
+        has_events, has_start, has_chain = await self._run(
+            lambda conn: conn.fetchrow(self._layout_sql)
+        )
+        if not has_events:
             events = self._schema.events.name
             raise EventLogError(f"{self.url} is not a sessionlog log: no {events} table")
+        # Written before chains and start positions: unchained, never trimmed.
+        if not has_chain:
+            self._read_chained_sql = _read_chained_sql(self._events_table, "NULL::bytea")
+        if not has_start:
+            self._start_sql = "SELECT 1::int8, ''::bytea"
 
     async def _commit(self, operations: list[Operation]) -> list[object]:
         kinds: list[int] = []
@@ -391,6 +403,13 @@ class PostgresEventLog(EventLog):
                     await pool.close()
             except (Exception, TimeoutError):
                 pool.terminate()
+
+
+def _read_chained_sql(events: str, chain: str) -> str:
+    return (
+        f"SELECT position, at, worker, data, {chain} FROM {events} "
+        "WHERE position > $1 ORDER BY position LIMIT $2"
+    )
 
 
 def _add_chain_column(events: str) -> str:

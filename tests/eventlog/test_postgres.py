@@ -175,7 +175,15 @@ async def test_a_log_written_before_chains_opens_and_chains_after_its_old_rows(
         )
     finally:
         await conn.close()
-    log = await open_log(f"{postgres_server.url}?namespace={namespace}")
+    url = f"{postgres_server.url}?namespace={namespace}"
+    reader = await open_log(url, read_only=True)  # as it is: no migration
+    try:
+        assert [r.chain for r in await reader.read_chained(0, 100)] == [None] * 3
+        checked = await verify(reader)
+        assert checked.ok and (checked.unchained, checked.checked) == (3, 0)
+    finally:
+        await reader.close()
+    log = await open_log(url)
     try:
         await fill(log, 2)
         rows = await log.read_chained(0, 100)
