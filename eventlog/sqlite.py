@@ -117,18 +117,12 @@ class SQLiteEventLog(EventLog):
         # The statements of reads and appends, on the driver: SQLAlchemy's statement
         # and row machinery would cost more than SQLite's own work.
         events, owners = self._schema.events.name, self._schema.owners.name
-        self._read_sql = (
-            f"SELECT position, at, worker, data FROM {events} "
-            "WHERE position > ? ORDER BY position LIMIT ?"
-        )
+        self._read_sql = _select_rows(events, "position, at, worker, data")
         self._head_sql = f"SELECT coalesce(max(position), 0) FROM {events}"
         # The head is never trimmed: the last row is the head record, with its link.
         self._head_link_sql = f"SELECT position, chain FROM {events} ORDER BY position DESC LIMIT 1"
         self._link = linker(self.hash_name)
-        self._chained_sql = (
-            f"SELECT position, at, worker, data, chain FROM {events} "
-            "WHERE position > ? ORDER BY position LIMIT ?"
-        )
+        self._chained_sql = _select_rows(events, "position, at, worker, data, chain")
         start = self._schema.start.name
         self._start_sql = f"SELECT position, chain FROM {start} WHERE id = 1"
         self._has_start_table = True  # see _read_older_format
@@ -217,7 +211,7 @@ class SQLiteEventLog(EventLog):
         conn = self._reading()
         columns = {row[1] for row in conn.execute(f"PRAGMA table_info({events})")}
         if "chain" not in columns:
-            self._chained_sql = self._chained_sql.replace("chain FROM", "NULL FROM")
+            self._chained_sql = _select_rows(events, "position, at, worker, data, NULL")
         found = conn.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (start,)
         ).fetchone()
@@ -408,7 +402,12 @@ class SQLiteEventLog(EventLog):
                 # steps a statement without result columns to its end.
                 driver = conn.connection.dbapi_connection
                 assert driver is not None
-                driver.executescript("BEGIN IMMEDIATE; PRAGMA incremental_vacuum; COMMIT")
+                try:
+                    driver.executescript("BEGIN IMMEDIATE; PRAGMA incremental_vacuum; COMMIT")
+                except sqlite3.Error as exc:  # trimmed all the same; the next trim frees them
+                    if driver.in_transaction:
+                        driver.execute("ROLLBACK")
+                    logger.warning("freeing the pages of %s failed: %s", self.url, exc)
         return start
 
     async def _hot_size(self) -> int:
@@ -459,6 +458,11 @@ class SQLiteEventLog(EventLog):
         if self._write_conn is not None:
             self._write_conn.close()
         self._writer.dispose()
+
+
+def _select_rows(events: str, columns: str) -> str:
+    """The statement of a page of rows after a position."""
+    return f"SELECT {columns} FROM {events} WHERE position > ? ORDER BY position LIMIT ?"
 
 
 def _engine(url: Any, durability: str, busy_timeout: float) -> Engine:

@@ -360,3 +360,14 @@ async def test_appends_of_two_processes_at_once_chain_as_one_log(tmp_path: Path)
         checked = await verify(log)
         assert checked.ok, checked.broken
         assert checked.checked == await log.head() == 800
+
+
+async def test_a_trim_from_a_start_that_moved_meanwhile_changes_nothing(tmp_path: Path) -> None:
+    async with await open_log(f"sqlite:///{tmp_path}/log.db") as log:
+        assert isinstance(log, SQLiteEventLog)
+        await fill(log, 4)
+        rows = await log.read_chained(0, 10)
+        assert await log._trim(6, rows[4].chain or b"", expected_start=1) == 6
+        assert await log._trim(11, rows[9].chain or b"", expected_start=1) == 6  # stale
+        assert await log.start_anchor() == (6, rows[4].chain)
+        assert [row.position for row in await log.read_chained(0, 100)][0] == 6
