@@ -370,4 +370,4 @@ async def test_a_trim_from_a_start_that_moved_meanwhile_changes_nothing(tmp_path
         assert await log._trim(6, rows[4].chain or b"", expected_start=1) == 6
         assert await log._trim(11, rows[9].chain or b"", expected_start=1) == 6  # stale
         assert await log.start_anchor() == (6, rows[4].chain)
-        assert [row.position for row in await log.read_chained(0, 100)][0] == 6
+        assert [row.position for row in await log.read_chained(0, 100)] == list(range(6, 21))
