@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from eventlog import EventLog, LogUnavailable, SQLiteEventLog, WorkerHeartbeat, open_log
+from eventlog import (
+    EventLog,
+    EventLogError,
+    LogUnavailable,
+    SQLiteEventLog,
+    WorkerHeartbeat,
+    open_log,
+)
 from eventlog.archive import DirectoryArchive
 from eventlog.chain import GENESIS, linker
 from eventlog.verify import verify
@@ -339,6 +346,8 @@ async def test_the_archive_is_beside_the_file_unless_the_url_says(tmp_path: Path
         assert log.archive.path == tmp_path / "elsewhere"
     async with await open_log(f"{url}?archive=none") as log:
         assert log.archive is None
+    with pytest.raises(EventLogError, match="names no directory"):
+        await open_log(f"{url}?archive=")
 
 
 async def test_appends_of_two_processes_at_once_chain_as_one_log(tmp_path: Path) -> None:
