@@ -12,6 +12,14 @@ time, which expires two windows after its last write. A commit looks an id up in
 its own bucket and the two beside it (clocks of workers may differ by less than a
 window), so an id appended again within a window of its first append, by the log's
 clock, is found: far longer than any retry or second answerer waits.
+
+Every entry carries its link of the hash chain (``eventlog.chain``; SHA-1, the one
+hash Lua scripts have) in its field ``h``, as hex: the commit script computes it
+from the link of the head entry, read back from the stream, never from a copy kept
+elsewhere that could disagree with it. An entry from before chains has no ``h``; the
+chain starts again after it. The log start position and the link before it are kept
+in ``{ns}:start``; a trim below it (``XTRIM MINID``) is one script with the compare
+and the update of the start.
 """
 
 from __future__ import annotations
@@ -30,7 +38,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from ._urls import check_namespace, redact
+from .archive import Archive, directory_archive
 from .base import Append, Claim, EventLog, LogRow, Operation
+from .chain import GENESIS, ChainedRow
 from .errors import EventLogError, LogUnavailable
 
 __all__ = ["RedisEventLog"]
@@ -42,8 +52,9 @@ DEFAULT_TIMEOUT = 3.0  # seconds any call may wait for the server (an XREAD: bey
 
 # One group commit, applied atomically on the server. KEYS: events stream, head
 # counter, owners hash, then the id -> position hashes of the buckets before, of and
-# after the commit's time. ARGV: the time, the milliseconds its bucket is kept after
-# a write, then the operations:
+# after the commit's time. Each new entry gets its link of the chain (eventlog.chain)
+# in field 'h', chained from the head entry's. ARGV: the time, the milliseconds its
+# bucket is kept after a write, then the operations:
 #   'a', worker, n, then n (event id, data) pairs   -> the positions
 #   'c', session, worker, expected ('' = none), event id, data   -> the owner after
 #   'r', session, worker, event id, data   -> 1 if released, else 0
@@ -51,8 +62,17 @@ DEFAULT_TIMEOUT = 3.0  # seconds any call may wait for the server (an XREAD: bey
 # after its connection broke: it is answered as it was then.
 _COMMIT = """
 local at, keep, stream, owners, ids = ARGV[1], ARGV[2], KEYS[1], KEYS[3], KEYS[5]
-local call = redis.call
+local call, sha1hex, pack = redis.call, redis.sha1hex, struct.pack
 local head = tonumber(call('GET', KEYS[2]) or '0')
+-- The chain goes on from the head entry's link; from GENESIS ('') after an entry
+-- without one (written before chains).
+local previous, when = '', tonumber(at)
+if head > 0 then
+  local entry = call('XRANGE', stream, '0-' .. head, '0-' .. head)[1]
+  if entry and entry[2][7] == 'h' then
+    previous = entry[2][8]
+  end
+end
 -- The positions of the batch's event ids already stored, looked up in one HMGET per
 -- bucket and thousand ids (Lua's unpack has a bounded stack), not one HGET per event.
 local batch, count = {}, 0
@@ -97,7 +117,10 @@ local function store(worker, id, data)
   if not position then
     head = head + 1
     position = head
-    call('XADD', stream, '0-' .. position, 't', at, 'w', worker, 'd', data)
+    -- eventlog.chain's link: hex(previous) || be64 position || be double at ||
+    -- be32 #worker || worker || data (#: bytes, as Lua strings are).
+    previous = sha1hex(previous .. pack('>i8dI4', position, when, #worker) .. worker .. data)
+    call('XADD', stream, '0-' .. position, 't', at, 'w', worker, 'd', data, 'h', previous)
     known[id] = position
     new[paired + 1] = id
     new[paired + 2] = position
@@ -153,6 +176,19 @@ end
 return results
 """
 
+# KEYS: the start hash, the events stream. ARGV: the new start, the link (hex) of
+# the entry before it, the start expected. Returns the start after the call.
+_TRIM = """
+local start = tonumber(redis.call('HGET', KEYS[1], 'position') or '1')
+local before = tonumber(ARGV[1])
+if start == tonumber(ARGV[3]) and before > start then
+  redis.call('HSET', KEYS[1], 'position', before, 'chain', ARGV[2])
+  redis.call('XTRIM', KEYS[2], 'MINID', '0-' .. before)
+  start = before
+end
+return start
+"""
+
 # KEYS: the snapshot hash. ARGV: position, data, replace ('1': whatever is stored).
 # Keeps the newest only, unless told to replace.
 _SAVE_SNAPSHOT = """
@@ -164,11 +200,33 @@ end
 
 
 def _rows(entries: list[list[Any]]) -> list[LogRow]:
-    # Raw entries: [b"0-<position>", [b"t", at, b"w", worker, b"d", data]], as written.
+    # Raw entries: [b"0-<position>", [b"t", at, b"w", worker, b"d", data, b"h", link]],
+    # as written (no link in an entry from before chains).
     return [
         LogRow(int(entry_id[2:]), float(fields[1]), fields[3].decode(), fields[5])
         for entry_id, fields in entries
     ]
+
+
+def _chained_rows(entries: list[list[Any]]) -> list[ChainedRow]:
+    # As _rows, with the link from its hex, if the entry has one.
+    return [
+        ChainedRow(
+            int(entry_id[2:]),
+            float(fields[1]),
+            fields[3].decode(),
+            fields[5],
+            _link(fields[7]) if len(fields) > 7 else None,
+        )
+        for entry_id, fields in entries
+    ]
+
+
+def _link(stored: bytes) -> bytes:
+    try:
+        return bytes.fromhex(stored.decode())
+    except ValueError:  # not hex: changed behind the log's back, and no link of a walk
+        return stored
 
 
 def _raw(response: Any, **_options: Any) -> Any:
@@ -204,6 +262,7 @@ def _packing_in_c(connection_class: type[AbstractConnection]) -> type[AbstractCo
 
 
 class RedisEventLog(EventLog):
+    hash_name = "sha1"  # Lua scripts have no other hash
     # A batch is packed and sent while the one before it runs on the server: each
     # script call is atomic and assigns its own positions, so they may overlap.
     commits_in_flight = 2
@@ -226,12 +285,18 @@ class RedisEventLog(EventLog):
         # Durability: a commit is acknowledged only once this many replicas have it
         # (WAIT), so a failover to one of them loses nothing acknowledged.
         wait_replicas: int = 0,
+        # An Archive, or a URL's ``archive=`` option (a directory; none by default: the
+        # server's clients need not share a filesystem).
+        archive: Archive | str | None = None,
     ) -> None:
-        super().__init__(url=redact(url), clock=clock, read_only=read_only)
+        if not isinstance(archive, Archive):
+            archive = directory_archive(archive, None)
+        super().__init__(url=redact(url), clock=clock, read_only=read_only, archive=archive)
         check_namespace(namespace)
         # One hash tag, so every key of a namespace lands on one cluster slot.
         self._keys = [f"{{{namespace}}}:{name}" for name in ("events", "head", "owners")]
         self._stream = self._keys[0]
+        self._start_key = f"{{{namespace}}}:start"
         self._ids_prefix = f"{{{namespace}}}:ids:"
         if not dedupe_window > 0:
             raise EventLogError(f"dedupe_window must be positive seconds, not {dedupe_window!r}")
@@ -272,6 +337,7 @@ class RedisEventLog(EventLog):
             for command in ("XRANGE", "XREAD"):
                 client.set_response_callback(command, _raw)
         self._save_snapshot_script = self._redis.register_script(_SAVE_SNAPSHOT)
+        self._trim_script = self._redis.register_script(_TRIM)
         self._wait_replicas, self._wait_timeout = wait_replicas, wait_timeout
 
     async def _open(self) -> None:
@@ -344,10 +410,37 @@ class RedisEventLog(EventLog):
         bucket = int(at // self._dedupe_window)
         return [f"{self._ids_prefix}{n}" for n in (bucket - 1, bucket, bucket + 1)]
 
-    async def _read_rows(self, after: int, limit: int) -> list[LogRow]:
+    async def _entries(self, after: int, limit: int) -> list[list[Any]]:
         with self._translate_errors():
-            entries = await self._redis.xrange(self._stream, f"(0-{after}", "+", count=limit)
-        return _rows(entries)
+            return await self._redis.xrange(self._stream, f"(0-{after}", "+", count=limit)
+
+    async def _read_rows(self, after: int, limit: int) -> list[LogRow]:
+        return _rows(await self._entries(after, limit))
+
+    async def _read_chained(self, after: int, limit: int) -> list[ChainedRow]:
+        return _chained_rows(await self._entries(after, limit))
+
+    async def _start(self) -> tuple[int, bytes]:
+        with self._translate_errors():
+            position, chain = await self._redis.hmget(self._start_key, ["position", "chain"])
+        if position is None:
+            return 1, GENESIS
+        return int(position), bytes.fromhex(chain.decode())
+
+    async def _trim(self, before: int, anchor: bytes, expected_start: int) -> int:
+        with self._translate_errors():
+            start = await self._trim_script(
+                [self._start_key, self._stream], [before, anchor.hex(), expected_start]
+            )
+        return int(start)
+
+    async def _hot_size(self) -> int:
+        """The stream's bytes in server memory, every node counted (``SAMPLES 0``: one
+        walk of the stream's radix tree, a node per hundred entries). Not the id
+        hashes: they are bounded by the dedupe window and expire on their own, and no
+        trim of the hot log changes them."""
+        with self._translate_errors():
+            return await self._redis.memory_usage(self._stream, samples=0) or 0
 
     async def _tail_rows(self, after: int, limit: int) -> list[LogRow]:
         while True:

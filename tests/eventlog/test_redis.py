@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio.connection import Connection
@@ -10,9 +13,14 @@ from eventlog import EventLog, OwnerClaimed, RedisEventLog, WorkerHeartbeat, ope
 from eventlog.redis_streams import _packing_in_c
 from gateway.testing.servers import RedisServer
 from tests.eventlog.contract import ServerEventLogContract, heartbeats
+from tests.eventlog.retention_contract import RetentionContract
+
+# An entry as the log's client reads it raw: (b"0-<position>", [b"t", at, b"w", worker,
+# b"d", data, b"h", link]).
+Entry = tuple[bytes, list[bytes]]
 
 
-class TestRedisEventLog(ServerEventLogContract):
+class TestRedisEventLog(ServerEventLogContract, RetentionContract):
     @pytest.fixture
     def server(self, redis_server: RedisServer) -> RedisServer:
         return redis_server
@@ -30,6 +38,48 @@ class TestRedisEventLog(ServerEventLogContract):
         client = log._redis
         position = await client.incr(log._keys[1])
         await client.xadd(log._stream, {"t": "0", "w": "raw", "d": data}, id=f"0-{position}")
+
+    def archive_options(self, tmp_path: Path) -> dict[str, Any]:
+        return {"archive": str(tmp_path / "archive")}
+
+    async def change_byte(self, log: EventLog, position: int) -> None:
+        def change(entries: list[Entry]) -> None:
+            _, fields = entries[position - entries_start(entries)]
+            data = fields[5]
+            fields[5] = data[:-1] + bytes([data[-1] ^ 1])
+
+        await rewrite_stream(log, change)
+
+    async def delete_record(self, log: EventLog, position: int) -> None:
+        assert isinstance(log, RedisEventLog)
+        assert await log._redis.xdel(log._stream, f"0-{position}") == 1
+
+    async def swap_records(self, log: EventLog, first: int, second: int) -> None:
+        def swap(entries: list[Entry]) -> None:
+            start = entries_start(entries)
+            (_, a), (_, b) = entries[first - start], entries[second - start]
+            # Everything but the link, which stays in place.
+            a[:6], b[:6] = b[:6], a[:6]
+
+        await rewrite_stream(log, swap)
+
+
+def entries_start(entries: list[Entry]) -> int:
+    return int(entries[0][0][2:])
+
+
+async def rewrite_stream(log: EventLog, change: Callable[[list[Entry]], None]) -> None:
+    """Write the log's stream again, as ``change`` left its entries, each under its own
+    id: a stream entry cannot be edited in place, nor added again below the last id."""
+    assert isinstance(log, RedisEventLog)
+    client = log._redis
+    entries = [(entry_id, list(fields)) for entry_id, fields in await client.xrange(log._stream)]
+    change(entries)
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.delete(log._stream)
+        for entry_id, fields in entries:
+            pipe.execute_command("XADD", log._stream, entry_id, *fields)
+        await pipe.execute()
 
 
 @pytest.mark.parametrize("block", [0.5, 5.0, 3600.0])
