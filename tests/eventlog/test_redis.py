@@ -6,14 +6,26 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from redis.asyncio.connection import Connection
 from redis.exceptions import DataError
 
 from eventlog import EventLog, OwnerClaimed, RedisEventLog, WorkerHeartbeat, open_log
+from eventlog.base import Append, StoredEvent
+from eventlog.chain import GENESIS, linker
+from eventlog.codec import encode_event
 from eventlog.redis_streams import _packing_in_c
+from eventlog.verify import verify
 from gateway.testing.servers import RedisServer
-from tests.eventlog.contract import ServerEventLogContract, heartbeats
-from tests.eventlog.retention_contract import RetentionContract
+from tests.eventlog import _processes
+from tests.eventlog.contract import (
+    HANG_GUARD,
+    SPAWN,
+    ServerEventLogContract,
+    heartbeats,
+)
+from tests.eventlog.retention_contract import RetentionContract, fill, read_everything
 
 # An entry as the log's client reads it raw: (b"0-<position>", [b"t", at, b"w", worker,
 # b"d", data, b"h", link]).
@@ -167,5 +179,140 @@ async def test_event_ids_are_remembered_for_the_dedupe_window_then_forgotten(
         assert len(id_hashes) == 2
         for key in id_hashes:
             assert 0 < await client.pttl(key) <= 120_000  # two windows after its last write
+    finally:
+        await log.close()
+
+
+def test_the_script_links_as_eventlog_chain_does(redis_server: RedisServer, namespace: str) -> None:
+    """The commit script's SHA-1 link of a record is byte for byte eventlog.chain's, for
+    any worker name (its UTF-8 length, not its characters), time and data; the time
+    the script packs is the one the log reads back from the entry."""
+    now = [0.0]
+    with asyncio.Runner() as runner:
+        log = runner.run(
+            open_log(f"{redis_server.url}?namespace={namespace}", clock=lambda: now[0])
+        )
+        assert isinstance(log, RedisEventLog) and log.hash_name == "sha1"
+        link = linker("sha1")
+        previous = [GENESIS]
+        try:
+
+            @settings(max_examples=300, deadline=None, database=None)
+            @given(
+                worker=st.text(),
+                at=st.floats(allow_nan=False, allow_infinity=False),
+                data=st.binary(),
+            )
+            @example(worker="", at=-0.0, data=b"")
+            @example(worker="\u00e9\U0001f600\x00", at=5e-324, data=b"\x00\xff")
+            @example(worker="w", at=1.7976931348623157e308, data=b"d")
+            @example(worker="w", at=1764696000.1234567, data=b"d")  # a clock's time
+            def commit(worker: str, at: float, data: bytes) -> None:
+                now[0] = at
+                event = StoredEvent(f"e{runner.run(log.head())}", None, data)
+                [[position]] = runner.run(log._commit([Append(worker, [event])]))
+                [row] = runner.run(log.read_chained(position - 1, 1))
+                assert (row.position, row.at, row.worker, row.data) == (position, at, worker, data)
+                assert row.chain == link(previous[0], position, at, worker, data)
+                previous[0] = row.chain
+
+            commit()
+            checked = runner.run(verify(log))
+            assert checked.ok and checked.checked == runner.run(log.head())
+        finally:
+            runner.run(log.close())
+
+
+async def test_a_stream_from_before_chains_opens_and_chains_after_its_entries(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """Entries written by an older sessionlog (no link field) stay unchained; new ones
+    chain from GENESIS after them, and the log verifies."""
+    url = f"{redis_server.url}?namespace={namespace}"
+    log = await open_log(url)
+    assert isinstance(log, RedisEventLog)
+    try:
+        client = log._redis
+        for position, event in enumerate(heartbeats(3), start=1):
+            fields = {"t": repr(1000.0 + position), "w": "old", "d": encode_event(event)}
+            await client.xadd(log._stream, fields, id=f"0-{position}")
+        await client.set(log._keys[1], 3)
+        await fill(log, 2)
+        rows = await log.read_chained(0, 100)
+        assert [row.chain for row in rows[:3]] == [None] * 3
+        link, previous = linker("sha1"), GENESIS
+        for row in rows[3:]:
+            assert row.chain == link(previous, row.position, row.at, row.worker, row.data)
+            previous = row.chain
+        assert [r.position for r in await log.read()] == list(range(1, 14))
+        checked = await verify(log)
+        assert checked.ok, checked.broken
+        assert (checked.unchained, checked.checked) == (3, 10)
+    finally:
+        await log.close()
+
+
+async def test_moves_under_appends_of_another_process_keep_the_log_whole(
+    redis_server: RedisServer, namespace: str, tmp_path: Path
+) -> None:
+    """Trims (XTRIM MINID) while another process appends: the chain holds across them,
+    positions stay gapless from 1, and a tail from 0 meanwhile reads every record once
+    in order, from the archive where the hot log no longer has it."""
+    url = f"{redis_server.url}?namespace={namespace}"
+    total = 20_000
+    log = await open_log(url, archive=str(tmp_path / "archive"))
+    try:
+        barrier = SPAWN.Barrier(2)
+        appender = SPAWN.Process(
+            target=_processes.append_many, args=(url, "other", total, 50, barrier)
+        )
+        appender.start()
+
+        async def tail() -> list[int]:
+            seen: list[int] = []
+            async for page, _ in log.tail_pages(0, limit=500):
+                seen += [record.position for record in page]
+                if seen[-1] == total:
+                    return seen
+            return seen
+
+        async with asyncio.timeout(HANG_GUARD):
+            tailing = asyncio.create_task(tail())
+            await asyncio.to_thread(barrier.wait)
+            moves = 0
+            while appender.is_alive() or moves == 0:
+                await log.archive_until(await log.head(), segment_records=1_000)
+                moves += 1
+                await asyncio.sleep(0)  # let the tail read between moves
+            await asyncio.to_thread(appender.join)
+            assert appender.exitcode == 0
+            seen = await tailing
+        assert seen == list(range(1, total + 1))
+        assert await log.head() == total
+        start = await log.start()
+        assert 1 < start <= total
+        assert [record[0] for record in await read_everything(log)] == seen
+        checked = await verify(log)
+        assert checked.ok, checked.broken
+        assert (checked.archived, checked.checked) == (start - 1, total)
+    finally:
+        await log.close()
+
+
+async def test_server_memory_is_given_back_by_a_move(
+    redis_server: RedisServer, namespace: str, tmp_path: Path
+) -> None:
+    log = await open_log(
+        f"{redis_server.url}?namespace={namespace}", archive=str(tmp_path / "archive")
+    )
+    assert isinstance(log, RedisEventLog)
+    try:
+        head = await fill(log, 200, 50)
+        client = log._redis
+        stream, used = await log.hot_size(), (await client.info("memory"))["used_memory"]
+        assert stream == await client.memory_usage(log._stream, samples=0)
+        await log.archive_until(head)
+        assert await log.hot_size() < stream / 50  # the head record's node, and the stream
+        assert (await client.info("memory"))["used_memory"] < used - stream / 2
     finally:
         await log.close()
