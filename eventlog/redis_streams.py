@@ -65,8 +65,11 @@ local at, keep, stream, owners, ids = ARGV[1], ARGV[2], KEYS[1], KEYS[3], KEYS[5
 local call, sha1hex, pack = redis.call, redis.sha1hex, struct.pack
 local head = tonumber(call('GET', KEYS[2]) or '0')
 -- The chain goes on from the head entry's link; from GENESIS ('') after an entry
--- without one (written before chains).
-local previous, when = '', tonumber(at)
+-- without one (written before chains). A link hashes hex(previous) || be64 position
+-- || be double at || be32 #worker || worker || data (eventlog.chain; # counts bytes,
+-- as Lua strings are): the parts after the position are packed once per commit and
+-- worker, not per record.
+local previous, stamp, packed_workers = '', pack('>d', tonumber(at)), {}
 if head > 0 then
   local entry = call('XRANGE', stream, '0-' .. head, '0-' .. head)[1]
   if entry and entry[2][7] == 'h' then
@@ -117,9 +120,12 @@ local function store(worker, id, data)
   if not position then
     head = head + 1
     position = head
-    -- eventlog.chain's link: hex(previous) || be64 position || be double at ||
-    -- be32 #worker || worker || data (#: bytes, as Lua strings are).
-    previous = sha1hex(previous .. pack('>i8dI4', position, when, #worker) .. worker .. data)
+    local packed = packed_workers[worker]
+    if not packed then
+      packed = pack('>I4', #worker) .. worker
+      packed_workers[worker] = packed
+    end
+    previous = sha1hex(previous .. pack('>i8', position) .. stamp .. packed .. data)
     call('XADD', stream, '0-' .. position, 't', at, 'w', worker, 'd', data, 'h', previous)
     known[id] = position
     new[paired + 1] = id
