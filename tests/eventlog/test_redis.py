@@ -12,9 +12,11 @@ from redis.asyncio.connection import Connection
 from redis.exceptions import DataError
 
 from eventlog import EventLog, OwnerClaimed, RedisEventLog, WorkerHeartbeat, open_log
+from eventlog.archive import DirectoryArchive
 from eventlog.base import Append, StoredEvent
 from eventlog.chain import GENESIS, linker
 from eventlog.codec import encode_event
+from eventlog.errors import EventLogError
 from eventlog.redis_streams import _packing_in_c
 from eventlog.verify import verify
 from gateway.testing.servers import RedisServer
@@ -314,5 +316,34 @@ async def test_server_memory_is_given_back_by_a_move(
         await log.archive_until(head)
         assert await log.hot_size() < stream / 50  # the head record's node, and the stream
         assert (await client.info("memory"))["used_memory"] < used - stream / 2
+    finally:
+        await log.close()
+
+
+async def test_the_archive_is_named_in_the_url_and_none_by_default(
+    redis_server: RedisServer, namespace: str, tmp_path: Path
+) -> None:
+    """No filesystem is shared by a Redis server's clients: no archive unless named."""
+    url = f"{redis_server.url}?namespace={namespace}"
+    for query, archived in [("", None), ("&archive=none", None), ("&archive=file://", "error")]:
+        if archived == "error":
+            with pytest.raises(EventLogError, match="names no directory"):
+                await open_log(url + query)
+            continue
+        log = await open_log(url + query)
+        try:
+            assert log.archive is None
+            await fill(log, 2)
+            with pytest.raises(EventLogError, match="no archive"):
+                await log.archive_until(5)
+        finally:
+            await log.close()
+    log = await open_log(f"{url}&archive=file://{tmp_path / 'archive'}")
+    try:
+        assert isinstance(log.archive, DirectoryArchive)
+        assert log.archive.path == tmp_path / "archive"
+        head = await fill(log, 2)
+        assert await log.archive_until(head) == head
+        assert (await verify(log)).archived == head - 1
     finally:
         await log.close()
