@@ -15,9 +15,10 @@ clock, is found: far longer than any retry or second answerer waits.
 
 Every entry carries its link of the hash chain (``eventlog.chain``; SHA-1, the one
 hash Lua scripts have) in its field ``h``, as hex: the commit script computes it
-from the link of the head entry, read back from the stream, never from a copy kept
-elsewhere that could disagree with it. An entry from before chains has no ``h``; the
-chain starts again after it. The log start position and the link before it are kept
+from the link of the head entry, which it keeps with the head's position beside the
+head counter and reads from the entry itself when that position is not the head (an
+entry appended some other way). An entry from before chains has no ``h``; the chain
+starts again after it. The log start position and the link before it are kept
 in ``{ns}:start``; a trim below it (``XTRIM MINID``) is one script with the compare
 and the update of the start.
 """
@@ -51,26 +52,32 @@ DEFAULT_DEDUPE_WINDOW = 3600.0  # seconds an appended event id is remembered, at
 DEFAULT_TIMEOUT = 3.0  # seconds any call may wait for the server (an XREAD: beyond its BLOCK)
 
 # One group commit, applied atomically on the server. KEYS: events stream, head
-# counter, owners hash, then the id -> position hashes of the buckets before, of and
-# after the commit's time. Each new entry gets its link of the chain (eventlog.chain)
-# in field 'h', chained from the head entry's. ARGV: the time, the milliseconds its
-# bucket is kept after a write, then the operations:
+# counter, owners hash, the head's link, then the id -> position hashes of the
+# buckets before, of and after the commit's time. Each new entry gets its link of the
+# chain (eventlog.chain) in field 'h', chained from the head entry's. ARGV: the time,
+# the milliseconds its bucket is kept after a write, then the operations:
 #   'a', worker, n, then n (event id, data) pairs   -> the positions
 #   'c', session, worker, expected ('' = none), event id, data   -> the owner after
 #   'r', session, worker, event id, data   -> 1 if released, else 0
 # A claim or release whose event id is stored already is this very commit, sent again
 # after its connection broke: it is answered as it was then.
 _COMMIT = """
-local at, keep, stream, owners, ids = ARGV[1], ARGV[2], KEYS[1], KEYS[3], KEYS[5]
+local at, keep, stream, owners, ids = ARGV[1], ARGV[2], KEYS[1], KEYS[3], KEYS[6]
 local call, sha1hex, pack = redis.call, redis.sha1hex, struct.pack
 local head = tonumber(call('GET', KEYS[2]) or '0')
--- The chain goes on from the head entry's link; from GENESIS ('') after an entry
--- without one (written before chains). A link hashes hex(previous) || be64 position
--- || be double at || be32 #worker || worker || data (eventlog.chain; # counts bytes,
--- as Lua strings are): the parts after the position are packed once per commit and
--- worker, not per record.
+-- The chain goes on from the head entry's link, kept as '<head>:<link>' beside the
+-- head counter (so a copy of the head's entry, payload and all, is not read back per
+-- commit); read from the entry when that is not the head's (an entry appended some
+-- other way); GENESIS ('') after an entry without one (written before chains).
+-- A link hashes hex(previous) || be64 position || be double at || be32 #worker ||
+-- worker || data (eventlog.chain; # counts bytes, as Lua strings are): the parts
+-- after the position are packed once per commit and worker, not per record.
 local previous, stamp, packed_workers = '', pack('>d', tonumber(at)), {}
-if head > 0 then
+local kept = call('GET', KEYS[4]) or ''
+local sep = string.find(kept, ':', 1, true)
+if sep and tonumber(string.sub(kept, 1, sep - 1)) == head then
+  previous = string.sub(kept, sep + 1)
+elseif head > 0 then
   local entry = call('XRANGE', stream, '0-' .. head, '0-' .. head)[1]
   if entry and entry[2][7] == 'h' then
     previous = entry[2][8]
@@ -100,7 +107,7 @@ while i <= #ARGV do
   end
 end
 local known = {}
-for bucket = 4, 6 do
+for bucket = 5, 7 do
   if call('EXISTS', KEYS[bucket]) == 1 then
     for first = 1, count, 1000 do
       local last = math.min(first + 999, count)
@@ -174,6 +181,7 @@ while i <= #ARGV do
 end
 if paired > 0 then
   call('SET', KEYS[2], head)
+  call('SET', KEYS[4], head .. ':' .. previous)
   for first = 1, paired, 1000 do
     call('HSET', ids, unpack(new, first, math.min(first + 999, paired)))
   end
@@ -300,7 +308,9 @@ class RedisEventLog(EventLog):
         super().__init__(url=redact(url), clock=clock, read_only=read_only, archive=archive)
         check_namespace(namespace)
         # One hash tag, so every key of a namespace lands on one cluster slot.
-        self._keys = [f"{{{namespace}}}:{name}" for name in ("events", "head", "owners")]
+        self._keys = [
+            f"{{{namespace}}}:{name}" for name in ("events", "head", "owners", "head_link")
+        ]
         self._stream = self._keys[0]
         self._start_key = f"{{{namespace}}}:start"
         self._ids_prefix = f"{{{namespace}}}:ids:"

@@ -176,7 +176,7 @@ async def test_event_ids_are_remembered_for_the_dedupe_window_then_forgotten(
             async for key in client.scan_iter(match=f"{{{namespace}}}:*")
             if await client.pttl(key) == -1
         }
-        assert forever == {f"{{{namespace}}}:{name}" for name in ("events", "head")}
+        assert forever == {f"{{{namespace}}}:{name}" for name in ("events", "head", "head_link")}
         id_hashes = [key async for key in client.scan_iter(match=f"{{{namespace}}}:ids:*")]
         assert len(id_hashes) == 2
         for key in id_hashes:
@@ -225,31 +225,43 @@ def test_the_script_links_as_eventlog_chain_does(redis_server: RedisServer, name
             runner.run(log.close())
 
 
-async def test_a_stream_from_before_chains_opens_and_chains_after_its_entries(
+async def test_entries_without_links_are_unchained_and_the_chain_starts_again_after_them(
     redis_server: RedisServer, namespace: str
 ) -> None:
-    """Entries written by an older sessionlog (no link field) stay unchained; new ones
-    chain from GENESIS after them, and the log verifies."""
+    """Entries written by an older sessionlog (no link field), before chained ones or
+    among them, stay unchained; the records after them chain from GENESIS (the script
+    looks at the head entry itself when the link it kept is not the head's), and the
+    log verifies."""
     url = f"{redis_server.url}?namespace={namespace}"
     log = await open_log(url)
     assert isinstance(log, RedisEventLog)
     try:
         client = log._redis
-        for position, event in enumerate(heartbeats(3), start=1):
-            fields = {"t": repr(1000.0 + position), "w": "old", "d": encode_event(event)}
-            await client.xadd(log._stream, fields, id=f"0-{position}")
-        await client.set(log._keys[1], 3)
+
+        async def write_unchained(count: int) -> None:
+            for event in heartbeats(count):
+                position = await client.incr(log._keys[1])
+                fields = {"t": repr(1000.0 + position), "w": "old", "d": encode_event(event)}
+                await client.xadd(log._stream, fields, id=f"0-{position}")
+
+        await write_unchained(3)
         await fill(log, 2)
+        await write_unchained(1)
+        await fill(log, 1)
         rows = await log.read_chained(0, 100)
-        assert [row.chain for row in rows[:3]] == [None] * 3
+        unchained = [row.position for row in rows if row.chain is None]
+        assert unchained == [1, 2, 3, 14]
         link, previous = linker("sha1"), GENESIS
-        for row in rows[3:]:
+        for row in rows:
+            if row.chain is None:
+                previous = GENESIS
+                continue
             assert row.chain == link(previous, row.position, row.at, row.worker, row.data)
             previous = row.chain
-        assert [r.position for r in await log.read()] == list(range(1, 14))
+        assert [r.position for r in await log.read()] == list(range(1, 20))
         checked = await verify(log)
         assert checked.ok, checked.broken
-        assert (checked.unchained, checked.checked) == (3, 10)
+        assert (checked.unchained, checked.checked) == (4, 15)
     finally:
         await log.close()
 
