@@ -324,7 +324,8 @@ async def test_server_memory_is_given_back_by_a_move(
         head = await fill(log, 200, 50)
         client = log._redis
         stream, used = await log.hot_size(), (await client.info("memory"))["used_memory"]
-        assert stream == await client.memory_usage(log._stream, samples=0)
+        # Estimated from 100 nodes of 4 KiB: within a few percent of every node counted.
+        assert stream == pytest.approx(await client.memory_usage(log._stream, samples=0), 0.05)
         await log.archive_until(head)
         assert await log.hot_size() < stream / 50  # the head record's node, and the stream
         assert (await client.info("memory"))["used_memory"] < used - stream / 2
