@@ -26,9 +26,11 @@ and the update of the start.
 from __future__ import annotations
 
 import asyncio
+import binascii
 import contextlib
 import functools
 import time
+from binascii import unhexlify
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -241,8 +243,8 @@ def _chained_rows(entries: list[list[Any]]) -> list[ChainedRow]:
 
 def _link(stored: bytes) -> bytes:
     try:
-        return bytes.fromhex(stored.decode())
-    except ValueError:  # not hex: changed behind the log's back, and no link of a walk
+        return unhexlify(stored)
+    except binascii.Error:  # not hex: changed behind the log's back, and no link of a walk
         return stored
 
 

@@ -360,3 +360,21 @@ async def test_the_archive_is_named_in_the_url_and_none_by_default(
         assert (await verify(log)).archived == head - 1
     finally:
         await log.close()
+
+
+async def test_a_link_that_is_not_hex_is_a_break_not_an_error(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    log = await open_log(f"{redis_server.url}?namespace={namespace}")
+    try:
+        await fill(log, 2)
+
+        def garble(entries: list[Entry]) -> None:
+            entries[4][1][7] = b"not hex"
+
+        await rewrite_stream(log, garble)
+        checked = await verify(log)
+        assert checked.broken is not None
+        assert (checked.broken.position, checked.broken.where) == (5, "hot log")
+    finally:
+        await log.close()
