@@ -81,14 +81,14 @@ def encode_segment(
     blob = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(
         _rows_encoder.encode([tuple(row) for row in rows])
     )
-    first, last = rows[0], rows[-1]
+    (first, first_at, *_), (last, last_at, _, _, chain) = rows[0], rows[-1]
     manifest = Manifest(
-        first=first.position,
-        last=last.position,
-        first_at=first.at,
-        last_at=last.at,
+        first=first,
+        last=last,
+        first_at=first_at,
+        last_at=last_at,
         previous=previous.hex(),
-        chain=(last.chain or b"").hex(),
+        chain=(chain or b"").hex(),
         hash=hash_name,
         count=len(rows),
         digest=hashlib.sha256(blob).hexdigest(),
@@ -107,7 +107,7 @@ def decode_segment(
         rows = _rows_decoder.decode(zstandard.ZstdDecompressor().decompress(blob))
     except (zstandard.ZstdError, msgspec.DecodeError) as exc:
         raise ArchiveError(f"segment {manifest.name} cannot be decoded: {exc}") from exc
-    return [ChainedRow(*row) for row in rows]
+    return rows  # tuples in ChainedRow's shape
 
 
 def encode_manifest(manifest: Manifest) -> bytes:

@@ -430,23 +430,23 @@ class EventLog(ABC):
             wanted = min(segment_records, before - start)
             rows = await self.read_chained(start - 1, wanted)
             if older_than is not None:
-                kept = next((i for i, row in enumerate(rows) if row.at >= older_than), len(rows))
+                kept = next((i for i, row in enumerate(rows) if row[1] >= older_than), len(rows))
                 rows = rows[:kept]
             if not rows:
                 break
-            if rows[0].position != start:
+            if rows[0][0] != start:
                 raise EventLogError(f"{self.url}: another move changed the start position")
             if not walk.feed(rows, "hot log"):
                 assert walk.broken is not None
                 raise ChainBroken(walk.broken)
             manifest, blob = encode_segment(rows, self.hash_name, anchor)
             await archive.write(manifest, blob)
-            if decode_segment(manifest, await archive.read(manifest)) != rows:
+            if decode_segment(manifest, await archive.read(manifest)) != [tuple(r) for r in rows]:
                 raise ArchiveError(f"segment {manifest.name} did not read back as written")
-            last = rows[-1]
-            link = last.chain if last.chain is not None else GENESIS
-            moved = await self._trim(last.position + 1, link, start)
-            if moved != last.position + 1:
+            last, *_, chain = rows[-1]
+            link = chain if chain is not None else GENESIS
+            moved = await self._trim(last + 1, link, start)
+            if moved != last + 1:
                 raise EventLogError(
                     f"{self.url}: another move changed the start position to {moved} meanwhile"
                 )

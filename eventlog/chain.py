@@ -51,7 +51,9 @@ _HEAD = struct.Struct(">qdI")
 
 
 class ChainedRow(NamedTuple):
-    """A record as stored, with its link (None: written before chains existed)."""
+    """A record as stored, with its link (None: written before chains existed). A
+    backend may return plain tuples of this shape (read by index or unpacked): a
+    verify walks millions, and building an object a row costs as much as the walk."""
 
     position: int
     at: float

@@ -369,8 +369,8 @@ class SQLiteEventLog(EventLog):
 
     async def _read_chained(self, after: int, limit: int) -> list[ChainedRow]:
         with self._translate_errors():
-            rows = self._reading().execute(self._chained_sql, (after, limit)).fetchall()
-        return [ChainedRow(*row) for row in rows]
+            # The driver's tuples, in ChainedRow's shape.
+            return self._reading().execute(self._chained_sql, (after, limit)).fetchall()
 
     async def _start(self) -> tuple[int, bytes]:
         if not self._has_start_table:

@@ -105,7 +105,7 @@ async def verify(
             rows = await reading
             if not rows:
                 break
-            after = rows[-1].position
+            after = rows[-1][0]
             reading = asyncio.ensure_future(log.read_chained(after, PAGE))
             if not _walk_to(walk, rows, "hot log", expect):
                 break

@@ -68,9 +68,9 @@ class RetentionContract:
         await retained_log.release("s1", "w1")
         rows = await retained_log.read_chained(0, 100)
         link, previous = linker(retained_log.hash_name), GENESIS
-        for row in rows:
-            assert row.chain == link(previous, row.position, row.at, row.worker, row.data)
-            previous = row.chain
+        for position, at, worker, data, chain in rows:
+            assert chain == link(previous, position, at, worker, data)
+            previous = chain
         checked = await verify(retained_log)
         assert checked.ok and checked.checked == len(rows) == await retained_log.head()
         assert checked.digest.chain == previous.hex()
@@ -217,8 +217,8 @@ async def change_segment(archive: Archive, hash_name: str, first: int, change: s
         del rows[3]
     else:
         rows[3], rows[4] = (
-            ChainedRow(rows[3].position, *rows[4][1:]),
-            ChainedRow(rows[4].position, *rows[3][1:]),
+            ChainedRow(rows[3][0], *rows[4][1:]),
+            ChainedRow(rows[4][0], *rows[3][1:]),
         )
     forged, blob = encode_segment(rows, hash_name, bytes.fromhex(manifest.previous))
     await archive.write(

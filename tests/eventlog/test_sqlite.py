@@ -18,7 +18,7 @@ from eventlog import (
     open_log,
 )
 from eventlog.archive import DirectoryArchive
-from eventlog.chain import GENESIS, linker
+from eventlog.chain import GENESIS, ChainedRow, linker
 from eventlog.verify import verify
 from tests.eventlog import _processes
 from tests.eventlog.contract import HANG_GUARD, SPAWN, SharedEventLogContract, heartbeats
@@ -244,7 +244,7 @@ async def _old_format_log(path: Path, records: int) -> None:
     no auto_vacuum. Its records are those a current log stores, copied over."""
     async with await open_log(f"sqlite:///{path.with_suffix('.new.db')}") as new:
         await fill(new, 1, records)
-        rows = await new.read_chained(0, records)
+        rows = [ChainedRow(*row) for row in await new.read_chained(0, records)]
     with sqlite3.connect(path, isolation_level=None) as db:
         db.execute("PRAGMA journal_mode=WAL")
         db.executescript(OLD_SCHEMA)
@@ -275,7 +275,7 @@ async def test_a_log_older_than_chains_opens_and_chains_after_its_records(
     assert "chain" not in _columns(path)  # a read-only open changed nothing
     async with await open_log(f"sqlite:///{path}") as log:
         assert await log.append(heartbeats(3), worker="w") == [6, 7, 8]
-        rows = await log.read_chained(0, 100)
+        rows = [ChainedRow(*row) for row in await log.read_chained(0, 100)]
         assert [row.chain for row in rows[:5]] == [None] * 5
         link, previous = linker(log.hash_name), GENESIS  # the chain starts after them
         for row in rows[5:]:
@@ -375,8 +375,8 @@ async def test_a_trim_from_a_start_that_moved_meanwhile_changes_nothing(tmp_path
     async with await open_log(f"sqlite:///{tmp_path}/log.db") as log:
         assert isinstance(log, SQLiteEventLog)
         await fill(log, 4)
-        rows = await log.read_chained(0, 10)
+        rows = [ChainedRow(*row) for row in await log.read_chained(0, 10)]
         assert await log._trim(6, rows[4].chain or b"", expected_start=1) == 6
         assert await log._trim(11, rows[9].chain or b"", expected_start=1) == 6  # stale
         assert await log.start_anchor() == (6, rows[4].chain)
-        assert [row.position for row in await log.read_chained(0, 100)] == list(range(6, 21))
+        assert [row[0] for row in await log.read_chained(0, 100)] == list(range(6, 21))
