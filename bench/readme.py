@@ -36,6 +36,7 @@ TITLES = {
     "proxy-faults": "What each proxy does on failure (two proxy processes, one store)",
     "memory": "Worker memory: 3 MiB messages on one session, sessions opened and closed",
     "faults": "Faults under load: 10 HTTP+SSE clients posting and awaiting each answer",
+    "verify": "Verify (the hash chain walked) beside replay (read, decode, fold), one log",
     "retention": "Retention soak: sessions through one worker, with a short retention and without",
 }
 # Metrics where more is better; for all others (latency, CPU, ...) less is.
@@ -57,6 +58,7 @@ TARGETS = {
     ("idle", "", "ops/s"): "flat",
     ("replay", "", "records/s"): ">= 500,000",
     ("replay", "", "start from snapshot"): "< 1 s",
+    ("verify", "", "verify records/s"): ">= 500,000",
     # Issue 12's: at the SDK's latency and CPU or better, 3x its calls/s at 20 clients.
     ("tools-call", "", "calls/s"): ">= 3x the SDK (20 clients)",
     ("tools-call", "", "p50"): "<= the SDK's",
@@ -73,6 +75,7 @@ ORDER = [
     "read",
     "replay",
     "faults",
+    "verify",
     "retention",
 ]
 # Scenarios with several systems side by side, not one baseline: tables of their own.

@@ -53,6 +53,8 @@ def test_quick_run_writes_every_scenario_summary_and_plots(tmp_path: Path) -> No
     faults = [r for r in summary if r["scenario"] == "faults"]
     lost = [r for r in faults if r["metric"].startswith("unanswered")]
     assert len(lost) == 13 and all(r["value"] == 0 for r in lost), lost  # 8 cases, 3 rollbacks
+    for backend in ("sqlite", "postgresql", "redis"):
+        assert ("verify", backend) in measured
     # The retention soak: each backend with retention and without, its plot and table.
     soak = {
         (r["backend"], r["parameter"].split(", ")[-1])
