@@ -218,8 +218,8 @@ def _retention(rows: list[Row]) -> str:
         f"Each session: initialize, notifications/initialized, {retention.CALLS} tools/call of "
         f"the built-in echo, DELETE (Streamable HTTP, {retention.CLIENTS} clients). Levels are "
         f"means of the samples over {retention.WINDOW_SECONDS:g} s after warm-up (the first "
-        f"{retention.WARM_UP:.0%} of the sessions) and over the last {retention.WINDOW_SECONDS:g} "
-        f"s; flat: both within {retention.FLAT:g} %. The backend: the SQLite file (its WAL beside "
+        f"{retention.WARM_UP_SECONDS:g} s) and over the last {retention.WINDOW_SECONDS:g} s; "
+        f"flat: both within {retention.FLAT:g} %. The backend: the SQLite file (its WAL beside "
         "it in the plot), PostgreSQL's `pg_total_relation_size` of the events table, "
         "Valkey's `used_memory`. Over time: `bench/results/retention.png`."
     )

@@ -2,7 +2,8 @@
 with retention set to a short window and without it (``--retain off``).
 
     python -m bench.retention [--quick] [--sessions N] [--baseline-sessions N]
-                              [--backend NAME ...] [--out DIR]
+                              [--minutes M] [--baseline-minutes M]
+                              [--backend NAME ...] [--one-at-a-time] [--out DIR]
 
 One worker (``sessionlog serve``) per case; ``CLIENTS`` concurrent clients in this
 process, each over Streamable HTTP: initialize, notifications/initialized,
@@ -13,10 +14,12 @@ the SQLite file (the log gives space back with incremental vacuum), PostgreSQL's
 archive directory's size (it grows: that is where the records go).
 
 Flat means: the level over the ``WINDOW_SECONDS`` after warm-up (the first
-``WARM_UP`` of the sessions) against the level over the last ``WINDOW_SECONDS``;
-levels are means of the samples, so a compaction's saw-tooth does not decide it.
-The baseline (the same worker with ``--retain off``) may run fewer sessions; its
-growth per session says what keeping everything costs.
+``WARM_UP_SECONDS``: a few retention windows, so the hot log has reached what it
+keeps) against the level over the last ``WINDOW_SECONDS``; levels are means of the
+samples, so a compaction's saw-tooth does not decide it. The baseline (the same
+worker with ``--retain off``) may run fewer sessions; its growth per session says
+what keeping everything costs. A run stops at its sessions or at its time limit,
+whichever comes first (the results say how many sessions it took).
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ SESSIONS = 200_000
 BASELINE_SESSIONS = 50_000
 CLIENTS = 16
 CALLS = 3  # tools/call per session
-WARM_UP = 0.25  # of the sessions
+WARM_UP_SECONDS = 120.0  # four retention windows
 WINDOW_SECONDS = 30.0  # three compactions: levels are means over it
 FLAT = 10.0  # % growth after warm-up that still counts as flat
 RETAIN = "30s"
@@ -83,7 +86,7 @@ class Case(msgspec.Struct, kw_only=True):
     sessions_per_second: float
     failed_sessions: int
     worker_cpu_seconds: float
-    client_cpu_seconds: float  # this process: the load generator and the sampler
+    client_cpu_seconds: float  # this process (the clients and samplers of runs at once too)
     warm_up_sessions: int
     backend_measure: str
     samples: list[Sample]
@@ -96,22 +99,48 @@ class Plan:
     compact_interval: str
     sessions: int  # with retention
     baseline_sessions: int  # with --retain off
+    seconds: float | None  # a run's time limit with retention
+    baseline_seconds: float | None  # and with --retain off
+    warm_up: float  # s
     window: float  # s of samples a level is the mean of
     sample_seconds: float
+    # The backends' runs at once, each with its worker and clients, sharing the
+    # cores: the machine kept busy while one worker waits on its backend.
+    at_once: bool = True
 
-    def modes(self) -> list[tuple[str, tuple[str, ...], int]]:
-        """(name, serve arguments, sessions) of each run on a backend."""
+    def modes(self) -> list[tuple[str, tuple[str, ...], int, float | None]]:
+        """(name, serve arguments, sessions, time limit) of each run on a backend."""
         retained = ("--retain", self.retain, "--retain-size", "off")
         retained += ("--compact-interval", self.compact_interval)
         return [
-            (f"retain {self.retain}", retained, self.sessions),
-            ("retain off", ("--retain", "off"), self.baseline_sessions),
+            (f"retain {self.retain}", retained, self.sessions, self.seconds),
+            ("retain off", ("--retain", "off"), self.baseline_sessions, self.baseline_seconds),
         ]
 
 
-FULL = Plan(RETAIN, COMPACT_INTERVAL, SESSIONS, BASELINE_SESSIONS, WINDOW_SECONDS, 2.0)
-# A run of seconds: a window of a few compactions within it.
-QUICK = Plan("2s", "1s", 1_500, 500, 2.0, 0.25)
+FULL = Plan(
+    retain=RETAIN,
+    compact_interval=COMPACT_INTERVAL,
+    sessions=SESSIONS,
+    baseline_sessions=BASELINE_SESSIONS,
+    seconds=None,
+    baseline_seconds=None,
+    warm_up=WARM_UP_SECONDS,
+    window=WINDOW_SECONDS,
+    sample_seconds=2.0,
+)
+# Runs of seconds: a window of a few compactions within them.
+QUICK = Plan(
+    retain="2s",
+    compact_interval="1s",
+    sessions=1_500,
+    baseline_sessions=500,
+    seconds=None,
+    baseline_seconds=None,
+    warm_up=4.0,
+    window=2.0,
+    sample_seconds=0.25,
+)
 
 
 # -- the load ---------------------------------------------------------------------------
@@ -126,8 +155,11 @@ async def _session(http: aiohttp.ClientSession, url: str) -> None:
         response.raise_for_status()
 
 
-async def _load(url: str, sessions: int, done: list[int], failures: list[str]) -> None:
-    """``sessions`` sessions by ``CLIENTS`` clients; ``done[0]`` counts those closed."""
+async def _load(
+    url: str, sessions: int, until: float, done: list[int], failures: list[str]
+) -> None:
+    """``sessions`` sessions by ``CLIENTS`` clients, none begun after ``until``
+    (monotonic time); ``done[0]`` counts those closed."""
     numbers = itertools.count()
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=HANG_GUARD)
@@ -135,7 +167,7 @@ async def _load(url: str, sessions: int, done: list[int], failures: list[str]) -
 
         async def client() -> None:
             failed_in_a_row = 0
-            while next(numbers) < sessions:
+            while next(numbers) < sessions and time.monotonic() < until:
                 try:
                     await _session(http, url)
                 except (TimeoutError, aiohttp.ClientError, RuntimeError) as error:
@@ -261,6 +293,7 @@ async def _run_case(
     args: tuple[str, ...],
     url: str,
     sessions: int,
+    limit: float | None,
     workdir: Path,
     plan: Plan,
 ) -> Case:
@@ -273,10 +306,10 @@ async def _run_case(
             worker = psutil.Process(served.process.pid)
             client_cpu_before = sum(psutil.Process().cpu_times()[:2])
             done, failures, samples = [0], [], []
-            warm_up = int(sessions * WARM_UP)
-            warm_end: float | None = None
+            warm_up: int | None = None  # sessions closed when warm-up ended
             started = time.monotonic()
-            load = asyncio.create_task(_load(f"{served.url}/mcp", sessions, done, failures))
+            until = started + (limit if limit is not None else float("inf"))
+            load = asyncio.create_task(_load(f"{served.url}/mcp", sessions, until, done, failures))
             while True:
                 finished = load.done()
                 seconds = time.monotonic() - started
@@ -290,8 +323,8 @@ async def _run_case(
                         wal_bytes=_file_bytes(probe.wal) if probe.wal else 0,
                     )
                 )
-                if warm_end is None and done[0] >= warm_up:
-                    warm_end = seconds
+                if warm_up is None and seconds >= plan.warm_up:
+                    warm_up = done[0]
                 if finished:
                     break
                 await asyncio.wait([load], timeout=plan.sample_seconds)
@@ -308,10 +341,10 @@ async def _run_case(
         failed_sessions=len(failures),
         worker_cpu_seconds=worker_cpu,
         client_cpu_seconds=client_cpu,
-        warm_up_sessions=warm_up,
+        warm_up_sessions=warm_up if warm_up is not None else done[0],
         backend_measure=probe.measure,
         samples=samples,
-        levels=_levels(samples, warm_end or 0.0, plan.window),
+        levels=_levels(samples, min(plan.warm_up, elapsed), plan.window),
     )
     print(
         f"retention {backend} {mode}: {case.sessions} sessions in {elapsed:.0f} s "
@@ -389,6 +422,25 @@ def plot(cases: list[Case], path: Path) -> None:
     plt.close(figure)
 
 
+async def _backend_cases(backend: str, url: str, workdir: Path, plan: Plan) -> list[Case]:
+    """With retention, then without: one after the other (Valkey's used_memory is
+    the whole server's)."""
+    return [
+        await _run_case(backend, mode, args, url, sessions, limit, workdir, plan)
+        for mode, args, sessions, limit in plan.modes()
+    ]
+
+
+async def _every_case(
+    urls: dict[str, str], workdir: Path, plan: Plan, only: tuple[str, ...]
+) -> list[Case]:
+    if plan.at_once:
+        found = await asyncio.gather(*(_backend_cases(b, urls[b], workdir, plan) for b in only))
+    else:
+        found = [await _backend_cases(b, urls[b], workdir, plan) for b in only]
+    return [case for cases in found for case in cases]
+
+
 def scenario(
     quick: bool,
     urls: dict[str, str],
@@ -400,34 +452,21 @@ def scenario(
     """Each backend with retention, then without (fewer sessions); ``out`` gets
     ``retention.png``."""
     plan = plan or (QUICK if quick else FULL)
-    cases: list[Case] = []
-    for backend in only:
-        for mode, args, sessions in plan.modes():
-            cases.append(
-                asyncio.run(
-                    _run_case(
-                        backend,
-                        mode,
-                        args,
-                        urls[backend],
-                        sessions,
-                        workdir,
-                        plan,
-                    )
-                )
-            )
+    cases = asyncio.run(_every_case(urls, workdir, plan, only))
     out.mkdir(parents=True, exist_ok=True)
     plot(cases, out / "retention.png")
     rows = [row for case in cases for row in _rows(case)]
     raw = {
         "clients": CLIENTS,
         "calls_per_session": CALLS,
-        "warm_up": WARM_UP,
+        "warm_up_seconds": plan.warm_up,
+        "time_limits_seconds": [plan.seconds, plan.baseline_seconds],
         "window_seconds": plan.window,
         "sample_seconds": plan.sample_seconds,
+        "backends_at_once": plan.at_once,
         "closed_retention": CLOSED_RETENTION,
         "modes": {
-            mode: [*args, "--closed-retention", CLOSED_RETENTION] for mode, args, _ in plan.modes()
+            mode: [*args, "--closed-retention", CLOSED_RETENTION] for mode, args, *_ in plan.modes()
         },
         "flat_within_percent": FLAT,
         "cases": cases,
@@ -445,6 +484,11 @@ def main(argv: list[str] | None = None) -> None:
         "--baseline-sessions", type=int, help=f"with --retain off (default {BASELINE_SESSIONS:,})"
     )
     parser.add_argument("--backend", nargs="+", choices=BACKENDS, default=list(BACKENDS))
+    parser.add_argument("--minutes", type=float, help="a time limit of each run with retention")
+    parser.add_argument("--baseline-minutes", type=float, help="and of each without")
+    parser.add_argument(
+        "--one-at-a-time", action="store_true", help="each backend's runs after the last's"
+    )
     parser.add_argument("--out", type=Path, help="a directory to write retention.json/png in")
     args = parser.parse_args(argv)
     base = QUICK if args.quick else FULL
@@ -452,6 +496,11 @@ def main(argv: list[str] | None = None) -> None:
         base,
         sessions=args.sessions or base.sessions,
         baseline_sessions=args.baseline_sessions or base.baseline_sessions,
+        seconds=60 * args.minutes if args.minutes else base.seconds,
+        baseline_seconds=60 * args.baseline_minutes
+        if args.baseline_minutes
+        else base.baseline_seconds,
+        at_once=not args.one_at_a_time,
     )
     if min(plan.sessions, plan.baseline_sessions) < 1:
         parser.error("--sessions and --baseline-sessions must be at least 1")
