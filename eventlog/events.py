@@ -62,8 +62,9 @@ class BaseEvent(msgspec.Struct, frozen=True, kw_only=True, tag=True, tag_field="
 CloseReason = Literal["client", "disconnected", "expired", "removed", "worker_lost"]
 # Which ownership a claim is about: the worker holding the stream, the identity
 # (user) the session belongs to, or the worker listening to the stream its upstream
-# MCP server sends the session's own messages on.
-Role = Literal["worker", "user", "listener"]
+# MCP server sends the session's own messages on; or, not about a session, the worker
+# compacting the log (session id "compaction": one at a time, see gateway.compaction).
+Role = Literal["worker", "user", "listener", "compactor"]
 
 
 class SessionOpened(BaseEvent, frozen=True, kw_only=True):

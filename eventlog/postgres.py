@@ -9,6 +9,11 @@ stored, compares and sets owners, inserts the new rows at ``head + 1 ...`` and
 sends ``NOTIFY``. A tail ``LISTEN``s on one connection per log object.
 SQLAlchemy only parses the URL and writes the tables' DDL.
 
+The hash chain (:mod:`eventlog.chain`) is computed in that same function, from the
+link of the head row it reads under the lock: SHA-256 in SQL, byte for byte the
+definition in Python. Archived segments go to a table of the same database by
+default (:mod:`eventlog.postgres_archive` says why).
+
 Every call waits at most ``timeout`` seconds for the server, connecting included
 (the statement on the server is cancelled too), so a hung or partitioned server
 raises LogUnavailable instead of hanging its callers.
@@ -30,8 +35,11 @@ from sqlalchemy.schema import CreateTable
 
 from ._sql_schema import SQLSchema
 from ._urls import check_namespace, redact
+from .archive import Archive, directory_archive
 from .base import Append, Claim, EventLog, LogRow, Operation
+from .chain import GENESIS, ChainedRow
 from .errors import EventLogError, LogUnavailable
+from .postgres_archive import PostgresArchive
 
 __all__ = ["PostgresEventLog"]
 
@@ -87,12 +95,23 @@ class PostgresEventLog(EventLog):
         timeout: float = DEFAULT_TIMEOUT,
         # Limits
         pool_size: int = 5,
+        # An Archive, or a URL's ``archive=`` option: ``table`` (the default: a table
+        # of the same database), a directory path or ``file://`` URL, or ``none``.
+        archive: Archive | str | None = None,
     ) -> None:
-        super().__init__(url=redact(url), clock=clock, read_only=read_only)
         self._schema = schema = SQLSchema(check_namespace(namespace))
+        dialect = PGDialect_asyncpg()
+        quote = dialect.identifier_preparer
+        if isinstance(archive, Archive):
+            chosen: Archive | None = archive
+        elif archive is None or archive.lower() == "table":
+            table = quote.quote(f"{namespace}_archive")
+            chosen = PostgresArchive(self._run, table, redact(url))
+        else:
+            chosen = directory_archive(archive, None)
+        super().__init__(url=redact(url), clock=clock, read_only=read_only, archive=chosen)
         # A waiting tail reads again this often even without a notification: a safety net.
         self._notify_fallback = notify_fallback
-        dialect = PGDialect_asyncpg()
         # asyncpg.connect's arguments, read from the URL as SQLAlchemy reads them.
         self._timeout = timeout
         self._connect_args: dict[str, Any] = {
@@ -105,15 +124,16 @@ class PostgresEventLog(EventLog):
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
-        quote = dialect.identifier_preparer
-        events, owners, snapshots = (
-            quote.format_table(table) for table in (schema.events, schema.owners, schema.snapshots)
+        events, owners, snapshots, start = (
+            quote.format_table(table)
+            for table in (schema.events, schema.owners, schema.snapshots, schema.start)
         )
         channel = f"{namespace}_events"
         # The same key in every process that uses this namespace.
         lock_key = zlib.crc32(namespace.encode()) & 0x7FFFFFFF
-        # Versioned: a changed signature gets a new name rather than failing to replace.
-        function = quote.quote(f"{namespace}_commit_v1")
+        # Versioned: a changed signature or body gets a new name, so a process still
+        # running an older version does not replace it with its own when it opens.
+        function = quote.quote(f"{namespace}_commit_v2")
         self._channel = channel
         self._open_sql = ";\n".join(
             [
@@ -124,19 +144,37 @@ class PostgresEventLog(EventLog):
                     str(CreateTable(table, if_not_exists=True).compile(dialect=dialect))
                     for table in schema.metadata.sorted_tables
                 ),
+                _add_chain_column(events),
+                *([chosen.create_sql] if isinstance(chosen, PostgresArchive) else []),
                 _commit_function(function, events, owners, channel, lock_key),
             ]
         )
         self._commit_sql = (
             f"SELECT positions, owners FROM {function}($1, $2, $3, $4, $5, $6, $7, $8, $9)"
         )
-        # Read-only opens check the log is there instead of creating it.
-        self._has_events_sql = f"SELECT to_regclass('{events}')"
+        # Read-only opens check the log is there instead of creating it, and read a
+        # log not yet migrated to chains as it is.
+        self._layout_sql = (
+            f"SELECT to_regclass('{events}') IS NOT NULL, to_regclass('{start}') IS NOT NULL, "
+            f"EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass('{events}') "
+            "AND attname = 'chain' AND NOT attisdropped)"
+        )
         self._read_sql = (
             f"SELECT position, at, worker, data FROM {events} "
             "WHERE position > $1 ORDER BY position LIMIT $2"
         )
+        self._events_table = events
+        self._read_chained_sql = _read_chained_sql(events, "chain")
         self._head_sql = f"SELECT coalesce(max(position), 0) FROM {events}"
+        self._start_sql = f"SELECT position, chain FROM {start} WHERE id = 1"
+        # Appends take the same lock: the start and the rows below it change together.
+        self._lock_sql = f"SELECT pg_advisory_xact_lock({lock_key})"
+        self._set_start_sql = (
+            f"INSERT INTO {start} (id, position, chain) VALUES (1, $1, $2) "
+            "ON CONFLICT (id) DO UPDATE SET position = excluded.position, chain = excluded.chain"
+        )
+        self._trim_sql = f"DELETE FROM {events} WHERE position < $1"
+        self._hot_size_sql = f"SELECT pg_total_relation_size('{events}')"
         self._save_snapshot_sql = (
             f"INSERT INTO {snapshots} AS s (name, position, data) VALUES ($1, $2, $3) "
             "ON CONFLICT (name) DO UPDATE SET position = excluded.position, data = excluded.data "
@@ -203,9 +241,18 @@ class PostgresEventLog(EventLog):
             )
         if not self.read_only:
             await self._run(lambda conn: conn.execute(self._open_sql))
-        elif await self._run(lambda conn: conn.fetchval(self._has_events_sql)) is None:
+            return
+        has_events, has_start, has_chain = await self._run(
+            lambda conn: conn.fetchrow(self._layout_sql)
+        )
+        if not has_events:
             events = self._schema.events.name
             raise EventLogError(f"{self.url} is not a sessionlog log: no {events} table")
+        # Written before chains and start positions: unchained, never trimmed.
+        if not has_chain:
+            self._read_chained_sql = _read_chained_sql(self._events_table, "NULL::bytea")
+        if not has_start:
+            self._start_sql = "SELECT 1::int8, ''::bytea"
 
     async def _commit(self, operations: list[Operation]) -> list[object]:
         kinds: list[int] = []
@@ -260,8 +307,40 @@ class PostgresEventLog(EventLog):
         rows = await self._run(lambda conn: conn.fetch(self._read_sql, after, limit))
         return [LogRow(*row) for row in rows]
 
+    async def _read_chained(self, after: int, limit: int) -> list[ChainedRow]:
+        rows = await self._run(lambda conn: conn.fetch(self._read_chained_sql, after, limit))
+        return [ChainedRow(*row) for row in rows]
+
     async def _head(self) -> int:
         return await self._run(lambda conn: conn.fetchval(self._head_sql))  # type: ignore[no-any-return]
+
+    async def _start(self) -> tuple[int, bytes]:
+        row = await self._run(lambda conn: conn.fetchrow(self._start_sql))
+        return (1, GENESIS) if row is None else (row[0], row[1])
+
+    async def _trim(self, before: int, anchor: bytes, expected_start: int) -> int:
+        async def trim(conn: asyncpg.Connection) -> int:
+            async with conn.transaction():
+                await conn.execute(self._lock_sql)
+                row = await conn.fetchrow(self._start_sql)
+                start = 1 if row is None else row[0]
+                if start != expected_start or before <= start:
+                    return start  # type: ignore[no-any-return]
+                await conn.execute(self._set_start_sql, before, anchor)
+                await conn.execute(self._trim_sql, before)
+                return before
+
+        return await self._run(trim)
+
+    async def _hot_size(self) -> int:
+        """The events table's size on disk: rows, indexes and TOAST.
+
+        A trim deletes rows; it does not give their space back to the filesystem
+        (only ``VACUUM FULL`` would, rewriting the table under an exclusive lock).
+        Autovacuum marks the dead rows' pages free, and later appends fill them, so
+        under retention the size stays flat rather than shrinking.
+        """
+        return await self._run(lambda conn: conn.fetchval(self._hot_size_sql))  # type: ignore[no-any-return]
 
     async def _save_snapshot(self, name: str, position: int, data: bytes, replace: bool) -> None:
         save = self._save_snapshot_sql
@@ -326,6 +405,27 @@ class PostgresEventLog(EventLog):
                 pool.terminate()
 
 
+def _read_chained_sql(events: str, chain: str) -> str:
+    return (
+        f"SELECT position, at, worker, data, {chain} FROM {events} "
+        "WHERE position > $1 ORDER BY position LIMIT $2"
+    )
+
+
+def _add_chain_column(events: str) -> str:
+    """The migration of a log written before chains: its events get a ``chain``
+    column (old rows stay NULL: unchained). Checked first, so an open of an up to
+    date log does not take the exclusive lock ALTER TABLE takes even when the column
+    is there, which would stall every reader and appender meanwhile."""
+    return f"""DO $migrate$ BEGIN
+    IF NOT EXISTS (SELECT FROM pg_attribute
+                   WHERE attrelid = '{events}'::regclass AND attname = 'chain'
+                   AND NOT attisdropped) THEN
+        ALTER TABLE {events} ADD COLUMN chain bytea;
+    END IF;
+END $migrate$"""
+
+
 def _commit_function(name: str, events: str, owners: str, channel: str, lock_key: int) -> str:
     """CREATE OR REPLACE the function that applies one group commit.
 
@@ -337,6 +437,13 @@ def _commit_function(name: str, events: str, owners: str, channel: str, lock_key
     An event whose id is already stored keeps its position; so a claim or release
     whose event is stored already was this very commit, sent again after its
     connection broke, and is answered as it was then.
+
+    Each new row's link (:func:`eventlog.chain.link`) is computed here, after the
+    link of the head row read under the lock, so it is the stored previous record's
+    whoever wrote it: hex of the previous link (empty before position 1 and after
+    a row written before chains), the position as int8, the time as float8 (the
+    very double stored in ``at``), the worker's UTF-8 length as int4, the worker's
+    UTF-8 bytes and the data, all big-endian, hashed with SHA-256.
     """
     return f"""CREATE OR REPLACE FUNCTION {name}(
     _kinds int2[], _keys text[], _expected text[], _counts int4[],
@@ -346,10 +453,13 @@ def _commit_function(name: str, events: str, owners: str, channel: str, lock_key
 DECLARE
     _keep bool[] := array_fill(true, ARRAY[cardinality(_ids)]);
     _known int8[];
-    _head int8;
+    _head int8 := 0;
+    _link bytea;
+    _fresh int4[];  -- the events to insert, by index into the arrays, in order
+    _links bytea[] := '{{}}';
+    _time bytea := float8send(_at);
     _first int := 1;
     _current text;
-    _added int8;
 BEGIN
     PERFORM pg_advisory_xact_lock({lock_key});
     SELECT coalesce(array_agg(e.position ORDER BY t.i), '{{}}') INTO _known
@@ -383,28 +493,35 @@ BEGIN
         END IF;
         _first := _first + _counts[_k];
     END LOOP;
-    SELECT coalesce(max(e.position), 0) INTO _head FROM {events} AS e;
-    WITH batch AS (
-        SELECT * FROM unnest(_ids, _sessions, _workers, _data, _keep, _known)
-            WITH ORDINALITY AS t(id, session_id, worker, data, keep, known, i)
-    ), fresh AS (
-        SELECT DISTINCT ON (b.id) b.id, b.session_id, b.worker, b.data, b.i
-        FROM batch AS b WHERE b.keep AND b.known IS NULL ORDER BY b.id, b.i
-    ), numbered AS (
-        SELECT f.*, _head + row_number() OVER (ORDER BY f.i) AS position FROM fresh AS f
-    ), inserted AS (
-        INSERT INTO {events} (position, event_id, session_id, at, worker, data)
-        SELECT n.position, n.id, n.session_id, _at, n.worker, n.data
-        FROM numbered AS n ORDER BY n.position
-        RETURNING event_id, position
-    )
-    SELECT coalesce(array_agg(coalesce(b.known, CASE WHEN b.keep THEN n.position END)
-                              ORDER BY b.i), '{{}}'),
-           count(n.position)
-    INTO positions, _added
-    FROM batch AS b LEFT JOIN inserted AS n ON n.event_id = b.id;
-    IF _added > 0 THEN
+    -- An event id twice in one batch is stored once, at its first occurrence.
+    SELECT coalesce(array_agg(f.i ORDER BY f.i), '{{}}') INTO _fresh FROM (
+        SELECT DISTINCT ON (t.id) t.i
+        FROM unnest(_ids, _keep, _known) WITH ORDINALITY AS t(id, keep, known, i)
+        WHERE t.keep AND t.known IS NULL ORDER BY t.id, t.i
+    ) AS f;
+    IF cardinality(_fresh) > 0 THEN
+        SELECT e.position, e.chain INTO _head, _link
+        FROM {events} AS e ORDER BY e.position DESC LIMIT 1;
+        _head := coalesce(_head, 0);
+        -- _links[0] is the head row's link; one statement a row, the loop's cost.
+        _links[0] := coalesce(_link, '');
+        FOR _n IN 1 .. cardinality(_fresh) LOOP
+            _links[_n] := sha256(convert_to(encode(_links[_n - 1], 'hex'), 'UTF8')
+                                 || int8send(_head + _n) || _time
+                                 || int4send(octet_length(convert_to(_workers[_fresh[_n]], 'UTF8')))
+                                 || convert_to(_workers[_fresh[_n]], 'UTF8') || _data[_fresh[_n]]);
+        END LOOP;
+        INSERT INTO {events} (position, event_id, session_id, at, worker, data, chain)
+        SELECT _head + f.n, _ids[f.i], _sessions[f.i], _at, _workers[f.i], _data[f.i],
+               _links[f.n]
+        FROM unnest(_fresh) WITH ORDINALITY AS f(i, n);
         PERFORM pg_notify('{channel}', '');
     END IF;
+    SELECT coalesce(array_agg(coalesce(b.known, CASE WHEN b.keep THEN f.position END)
+                              ORDER BY b.i), '{{}}')
+    INTO positions
+    FROM unnest(_ids, _keep, _known) WITH ORDINALITY AS b(id, keep, known, i)
+    LEFT JOIN (SELECT _ids[f.i] AS id, _head + f.n AS position
+               FROM unnest(_fresh) WITH ORDINALITY AS f(i, n)) AS f ON f.id = b.id;
 END
 $body$"""

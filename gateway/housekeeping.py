@@ -1,10 +1,11 @@
-"""Housekeeping: this worker's heartbeat, noticing dead workers, and closing what
-has expired.
+"""Housekeeping: this worker's heartbeat, noticing dead workers, closing what has
+expired, and compacting the log every so often (see :mod:`.compaction`).
 
 A heartbeat is one append every few seconds, whatever the number of sessions; a
 sweep looks at every session, so it runs less often (TTLs are minutes, and idle CPU
-must not grow with the session count). Tests drive both with an injected clock
-instead of the loop.
+must not grow with the session count). A compaction runs beside the heartbeats, not
+between them: a long move must not make this worker look dead. Tests drive each
+with an injected clock instead of the loop.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from eventlog import (
     derived_event_id,
 )
 
+from .compaction import Compacted, Compaction
+
 if TYPE_CHECKING:
     from .runtime import WorkerRuntime
 
@@ -40,11 +43,27 @@ class Housekeeping:
         # Told of workers newly seen dead, at a heartbeat (what they did falls to the
         # living: the upstream listening); they must not block.
         self.dead_worker_observers: list[Callable[[set[str]], None]] = []
+        settings = runtime.settings
+        self.compaction = Compaction(
+            runtime.log,
+            runtime.worker_id,
+            retain=settings.retain,
+            retain_size=settings.retain_size,
+            worker_ttl=runtime.worker_ttl,
+            segment_records=settings.archive_segment_records,
+            clock=runtime.clock,
+        )
+        self._compacting: asyncio.Task[Compacted | None] | None = None
 
     async def run(self) -> None:
-        settings = self.runtime.settings
+        runtime = self.runtime
+        settings = runtime.settings
         beats_per_sweep = max(1, round(settings.sweep_interval / settings.heartbeat_interval))
         beat = 0
+        impossible = self.compaction.possible
+        if impossible is not None:
+            logger.info("compaction: off: %s", impossible)
+        next_compaction = runtime.clock() + settings.compact_interval
         while True:
             try:
                 await self.heartbeat()
@@ -53,8 +72,22 @@ class Housekeeping:
                     await self.sweep()
             except LogUnavailable as exc:
                 logger.warning("housekeeping: %s", exc)
+            if impossible is None and runtime.clock() >= next_compaction:
+                next_compaction = runtime.clock() + settings.compact_interval
+                if self._compacting is None or self._compacting.done():
+                    self._compacting = runtime.spawn(self.compact())
             beat += 1
             await asyncio.sleep(settings.heartbeat_interval)
+
+    async def compact(self) -> Compacted | None:
+        """One compaction run, unless another worker is compacting (None then, or
+        when it failed: said in the log)."""
+        try:
+            await self.runtime.sync()
+        except LogUnavailable as exc:
+            logger.warning("compaction: %s", exc)
+            return None
+        return await self.compaction.run_logged(self.runtime.projection)
 
     async def heartbeat(self) -> None:
         """Say this worker is alive. While heartbeats cannot be written (a disk full or

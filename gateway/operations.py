@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 
 from eventlog import EventLogError
 
+from .compaction import Compaction, CompactionCollector
 from .registry import SessionRegistry
 
 __all__ = ["JsonLogFormatter", "Metrics", "add_routes"]
@@ -88,12 +89,20 @@ class Metrics:
         self.prometheus = CollectorRegistry()
         self.collector = _RegistryCollector(registry)
         self.prometheus.register(self.collector)
+        self.prometheus.register(CompactionCollector(lambda: _compaction(registry)))
         self.delivery_latency = Histogram(
             "sessionlog_delivery_latency_seconds",
             "From a server message's append to its queueing by the worker holding the stream.",
             buckets=LATENCY_BUCKETS,
             registry=self.prometheus,
         )
+
+
+def _compaction(registry: SessionRegistry) -> Compaction | None:
+    try:
+        return registry.runtime.housekeeping.compaction
+    except RuntimeError:  # not started yet
+        return None
 
 
 REGISTRY = web.AppKey("ops_registry", SessionRegistry)

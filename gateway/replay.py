@@ -28,7 +28,15 @@ from projections import RegistryProjection, Selection
 
 from .reading import select, state_at
 
-__all__ = ["ReplayError", "parse_point", "replay"]
+__all__ = [
+    "ReplayError",
+    "check_log_file",
+    "open_read_only",
+    "parse_point",
+    "progress_bar",
+    "record_fields",
+    "replay",
+]
 
 MAX_POSITION_DIGITS = 19  # a log position fits in a signed 64-bit integer
 
@@ -178,7 +186,7 @@ class Printer:
 
 
 @contextmanager
-def _progress(head: int) -> Iterator[Callable[[int], None] | None]:
+def progress_bar(head: int) -> Iterator[Callable[[int], None] | None]:
     if head < PROGRESS_FROM or not sys.stderr.isatty():
         yield None
         return
@@ -188,16 +196,17 @@ def _progress(head: int) -> Iterator[Callable[[int], None] | None]:
         yield lambda position: progress.update(task, completed=position)
 
 
-def _check_file(url: str) -> None:
-    """Replay reads: it must not leave an empty log behind a mistyped SQLite path."""
+def check_log_file(url: str) -> None:
+    """Audits read (and compact works on a log that is there): none may leave an
+    empty log behind a mistyped SQLite path."""
     if urlsplit(url).scheme.startswith("sqlite"):
         path = url.split("://", 1)[1].split("?", 1)[0][1:]
         if not Path(path).is_file():
             raise ReplayError(f"no log file at {path!r}")
 
 
-async def _open(url: str) -> EventLog:
-    _check_file(url)
+async def open_read_only(url: str) -> EventLog:
+    check_log_file(url)
     return await open_log(url, read_only=True)
 
 
@@ -223,12 +232,12 @@ async def replay(
     )
     printer = Printer(output_format, out or sys.stdout)
     try:
-        log = await _open(url)
+        log = await open_read_only(url)
     except EventLogError as exc:
         raise ReplayError(str(exc)) from exc
     try:
         head = await log.head()
-        with _progress(head) as progress:
+        with progress_bar(head) as progress:
             if selection is not None:
                 records = await select(log, selection, progress=progress)
                 if not records:

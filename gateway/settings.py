@@ -8,11 +8,21 @@ worker runtime read the struct. Nothing else holds a default of its own.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DEFAULT_LOG", "LOOPBACK_HOSTS", "Option", "Settings", "options"]
+__all__ = [
+    "DEFAULT_LOG",
+    "LOOPBACK_HOSTS",
+    "Option",
+    "Settings",
+    "options",
+    "parse_duration",
+    "parse_retention",
+    "parse_size",
+]
 
 DEFAULT_LOG = "sqlite:///sessionlog.db"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -24,6 +34,53 @@ def _names(value: str) -> tuple[str, ...]:
 
 def _yes(value: str) -> bool:
     return value.lower() in ("1", "true", "yes")
+
+
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+_BYTES = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+_AMOUNT = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*")
+
+
+def _amount(value: str, units: dict[str, int], what: str, examples: str) -> float:
+    matched = _AMOUNT.fullmatch(value.lower())
+    if matched is None or matched[2] not in units:
+        shown = value if len(value) <= 40 else f"{value[:40]}..."
+        raise ValueError(f"{shown!r} is not {what} (e.g. {examples})")
+    return float(matched[1]) * units[matched[2]]
+
+
+def parse_duration(value: str) -> float:
+    """Seconds from ``90s``, ``15m``, ``12h``, ``7d`` or plain seconds."""
+    seconds = _amount(value, {"": 1, **_SECONDS}, "a duration", "90s, 15m, 12h, 7d, 300")
+    if seconds <= 0:
+        raise ValueError(f"{value!r}: a duration must be above zero")
+    return seconds
+
+
+def parse_retention(value: str) -> float | None:
+    """A duration, or ``off`` (None: kept however old)."""
+    return None if value.strip().lower() == "off" else parse_duration(value)
+
+
+def parse_size(value: str) -> int | None:
+    """Bytes from ``500MB``, ``2GiB``, plain bytes, or ``off`` (None: no budget)."""
+    if value.strip().lower() == "off":
+        return None
+    size = int(_amount(value, _BYTES, "a size", "500MB, 2GiB, 1048576, off"))
+    if size <= 0:
+        raise ValueError(f"{value!r}: a size must be above zero")
+    return size
 
 
 def _setting(
@@ -43,6 +100,7 @@ def _setting(
 _AUTH = "auth (default: none)"
 _GUARD = "DNS-rebinding guard"
 _LIMITS = "limits and timeouts"
+_RETENTION = "retention (records leave the hot log for the log's archive)"
 
 
 @dataclass(frozen=True)
@@ -148,6 +206,33 @@ class Settings:
         "or a silent worker; the log keeps its history",
         group=_LIMITS,
         parse=float,
+    )
+    # Retention: the hot log keeps what workers need, plus this window and within this
+    # size; the rest moves to the archive (see gateway.compaction).
+    retain: float | None = _setting(
+        7 * 86_400.0,
+        "how long records stay in the hot log after they are appended: 90s, 15m, 12h, "
+        "7d, seconds, or off (default 7d)",
+        group=_RETENTION,
+        parse=parse_retention,
+    )
+    retain_size: int | None = _setting(
+        None,
+        "the hot log's size budget: 500MB, 2GiB, bytes, or off (default off)",
+        group=_RETENTION,
+        parse=parse_size,
+    )
+    archive_segment_records: int = _setting(
+        20_000,
+        "records in one archive segment, at the most",
+        group=_RETENTION,
+        parse=int,
+    )
+    compact_interval: float = _setting(
+        300.0,
+        "time between compactions: 90s, 5m, ... (default 5m)",
+        group=_RETENTION,
+        parse=parse_duration,
     )
     log_format: str = _setting("text", "json: one JSON object per line", choices=("text", "json"))
     access_log: bool = _setting(

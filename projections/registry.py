@@ -343,6 +343,8 @@ class RegistryProjection:
             del closed[session_id]
 
     def _owner_claimed(self, record: Record, event: OwnerClaimed) -> None:
+        if event.role == "compactor":  # the log's, not a session's: no state here
+            return
         session = self._touch(record, event.session_id)
         if event.role == "user":
             self.state.users[event.session_id] = event.owner
@@ -352,6 +354,8 @@ class RegistryProjection:
             session.holder = event.owner
 
     def _owner_released(self, record: Record, event: OwnerReleased) -> None:
+        if event.role == "compactor":
+            return
         session = self._touch(record, event.session_id)
         if event.role == "user":
             if self.state.users.get(event.session_id) == event.owner:

@@ -1043,6 +1043,9 @@ async def test_metrics(client: TestClient) -> None:
     assert re.search(r"^sessionlog_open_sessions 1(\.0)?$", text, re.MULTILINE), text
     assert "sessionlog_delivery_latency_seconds_bucket" in text
     assert "sessionlog_delivery_latency_seconds_count" in text
+    # Compaction's, though none ran yet.
+    assert re.search(r"^sessionlog_compaction_runs_total 0(\.0)?$", text, re.MULTILINE), text
+    assert "sessionlog_log_start_position" in text
     async with client.delete("/mcp", headers={SESSION: session_id}) as response:
         assert response.status == 200
     async with client.get("/metrics") as response:
