@@ -13,6 +13,16 @@ the writer, and a page of rows takes about what a hop to a thread would. SQLite 
 no notifications, so a tail reads on a commit of its own process, and on a change of
 the database files (inotify) by another: one cheap query per worker, never per
 session.
+
+Retention: every row carries its link in the hash chain (eventlog.chain), computed
+in the append's transaction from the stored head row's link. Records moved to the
+archive (a directory beside the file, ``<file>.archive``, unless the URL's
+``archive=`` says otherwise) leave the events table in one transaction with the
+new start position, and ``PRAGMA incremental_vacuum`` then gives their pages back
+to the file system. A file created before retention existed opens as it is: its
+events table gets its ``chain`` column (old rows stay unchained), but it keeps its
+``auto_vacuum`` mode (none), which only a ``VACUUM`` can change, so its trimmed
+pages are reused for new rows rather than given back.
 """
 
 from __future__ import annotations
@@ -36,7 +46,9 @@ from sqlalchemy.engine import make_url
 
 from ._sql_schema import SQLSchema
 from ._urls import check_namespace, redact
+from .archive import Archive, directory_archive
 from .base import Append, Claim, EventLog, LogRow, Operation, Release, StoredEvent
+from .chain import GENESIS, ChainedRow, linker
 from .errors import EventLogError, LogUnavailable
 
 __all__ = ["SQLiteEventLog"]
@@ -53,8 +65,8 @@ WATCH_FALLBACK = 0.25  # s between polls with a file watch and no change: a safe
 READ_BUSY_TIMEOUT = 0.1
 T = TypeVar("T")
 
-# An events row as inserted: position, event_id, session_id, at, worker, data.
-EventRow = tuple[int, str, str | None, float, str, bytes]
+# An events row as inserted: position, event_id, session_id, at, worker, data, chain.
+EventRow = tuple[int, str, str | None, float, str, bytes, bytes]
 
 
 class SQLiteEventLog(EventLog):
@@ -73,13 +85,19 @@ class SQLiteEventLog(EventLog):
         timeout: float = 5.0,
         # Limits
         checkpoint_rows: int = 10_000,
+        # An Archive, or a URL's ``archive=`` option: a directory, or ``none``. By
+        # default the directory ``<file>.archive`` beside the log file.
+        archive: Archive | str | None = None,
     ) -> None:
-        super().__init__(url=redact(url), clock=clock, read_only=read_only)
-        self._schema = SQLSchema(check_namespace(namespace))
+        schema = SQLSchema(check_namespace(namespace))
         if durability not in ("off", "normal", "full"):
             raise EventLogError(f"durability must be off, normal or full, not {durability!r}")
         sa_url = make_url(url).set(drivername="sqlite+pysqlite")
-        self._path = sa_url.database or ""
+        path = sa_url.database or ""
+        if not isinstance(archive, Archive):
+            archive = directory_archive(archive, f"{path}.archive")
+        super().__init__(url=redact(url), clock=clock, read_only=read_only, archive=archive)
+        self._schema, self._path = schema, path
         # How often a waiting tail looks at the head.
         self._poll_interval = poll_interval
         # One writer thread: SQLite has one writer at a time anyway.
@@ -99,11 +117,20 @@ class SQLiteEventLog(EventLog):
         # The statements of reads and appends, on the driver: SQLAlchemy's statement
         # and row machinery would cost more than SQLite's own work.
         events, owners = self._schema.events.name, self._schema.owners.name
-        self._read_sql = (
-            f"SELECT position, at, worker, data FROM {events} "
-            "WHERE position > ? ORDER BY position LIMIT ?"
-        )
+        self._read_sql = _select_rows(events, "position, at, worker, data")
         self._head_sql = f"SELECT coalesce(max(position), 0) FROM {events}"
+        # The head is never trimmed: the last row is the head record, with its link.
+        self._head_link_sql = f"SELECT position, chain FROM {events} ORDER BY position DESC LIMIT 1"
+        self._link = linker(self.hash_name)
+        self._chained_sql = _select_rows(events, "position, at, worker, data, chain")
+        start = self._schema.start.name
+        self._start_sql = f"SELECT position, chain FROM {start} WHERE id = 1"
+        self._has_start_table = True  # see _read_older_format
+        self._set_start_sql = (
+            f"INSERT INTO {start} (id, position, chain) VALUES (1, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET position = excluded.position, chain = excluded.chain"
+        )
+        self._trim_sql = f"DELETE FROM {events} WHERE position < ?"
         snapshots = self._schema.snapshots.name
         self._has_events_sql = (
             f"SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '{events}'"
@@ -162,13 +189,33 @@ class SQLiteEventLog(EventLog):
             if found is None:
                 events = self._schema.events.name
                 raise EventLogError(f"{self.url} is not a sessionlog log: no {events} table")
+            self._read_older_format()
         else:
             await self._in_writer(self._create_tables)
         self._watch = _FileWatch.start(self._path, self._on_file_change)
 
     def _create_tables(self) -> None:
+        """Create what is missing; give an older log's events table its chain column
+        (its rows stay unchained, new ones chain from GENESIS after them)."""
+        events = self._schema.events.name
         with self._writer.begin() as conn:
             self._schema.metadata.create_all(conn)
+            columns = {row[1] for row in conn.exec_driver_sql(f"PRAGMA table_info({events})")}
+            if "chain" not in columns:
+                conn.exec_driver_sql(f"ALTER TABLE {events} ADD COLUMN chain BLOB")
+
+    def _read_older_format(self) -> None:
+        """A read-only open changes nothing: a log older than chains is read as one
+        whose records are all unchained and were never trimmed."""
+        events, start = self._schema.events.name, self._schema.start.name
+        conn = self._reading()
+        columns = {row[1] for row in conn.execute(f"PRAGMA table_info({events})")}
+        if "chain" not in columns:
+            self._chained_sql = _select_rows(events, "position, at, worker, data, NULL")
+        found = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (start,)
+        ).fetchone()
+        self._has_start_table = found is not None
 
     async def _commit(self, operations: list[Operation]) -> list[object]:
         # On the event loop's thread when the write lock is free and nothing is synced
@@ -234,18 +281,23 @@ class SQLiteEventLog(EventLog):
         Returns one result per operation and the new rows, all columns in table order.
         """
         at = self.clock()
-        head = conn.execute(self._head_sql).fetchall()[0][0]
+        found = conn.execute(self._head_link_sql).fetchall()
+        # A head written before chains has no link: the chain starts again after it.
+        head, previous = (found[0][0], found[0][1] or GENESIS) if found else (0, GENESIS)
         positions = self._known_positions(conn, operations)
         new_rows: list[EventRow] = []
+        link = self._link
 
         def store(worker: str, event: StoredEvent) -> int:
-            nonlocal head
+            nonlocal head, previous
             position = positions.get(event.event_id)
             if position is None:
                 head += 1
                 position = positions[event.event_id] = head
+                data = event.data
+                previous = link(previous, position, at, worker, data)
                 new_rows.append(
-                    (position, event.event_id, event.session_id, at, worker, event.data)
+                    (position, event.event_id, event.session_id, at, worker, data, previous)
                 )
             return position
 
@@ -315,6 +367,60 @@ class SQLiteEventLog(EventLog):
         with self._translate_errors():
             return self._reading().execute(self._head_sql).fetchone()[0]  # type: ignore[no-any-return]
 
+    async def _read_chained(self, after: int, limit: int) -> list[ChainedRow]:
+        with self._translate_errors():
+            rows = self._reading().execute(self._chained_sql, (after, limit)).fetchall()
+        return [ChainedRow(*row) for row in rows]
+
+    async def _start(self) -> tuple[int, bytes]:
+        if not self._has_start_table:
+            return 1, GENESIS
+        with self._translate_errors():
+            found = self._reading().execute(self._start_sql).fetchone()
+        return (1, GENESIS) if found is None else (found[0], found[1])
+
+    async def _trim(self, before: int, anchor: bytes, expected_start: int) -> int:
+        # In the writer thread: the delete takes the write lock, which may have to
+        # wait, and frees a segment's pages.
+        return await self._in_writer(self._trim_now, before, anchor, expected_start)
+
+    def _trim_now(self, before: int, anchor: bytes, expected_start: int) -> int:
+        # Not on the appends' connection: an inline commit may be using it meanwhile.
+        with self._writer.connect() as conn:
+            with conn.begin():  # BEGIN IMMEDIATE: the compare and the trim are one step
+                found = conn.exec_driver_sql(self._start_sql).fetchone()
+                start = 1 if found is None else found[0]
+                trimmed = start == expected_start and before > start
+                if trimmed:
+                    conn.exec_driver_sql(self._set_start_sql, (before, anchor))
+                    conn.exec_driver_sql(self._trim_sql, (before,))
+                    start = before
+            if trimmed:
+                # Gives the freed pages back to the file system (a file without
+                # auto_vacuum keeps them for new rows: this then does nothing). It
+                # frees a page per step of the statement, and only executescript
+                # steps a statement without result columns to its end.
+                driver = conn.connection.dbapi_connection
+                assert driver is not None
+                try:
+                    driver.executescript("BEGIN IMMEDIATE; PRAGMA incremental_vacuum; COMMIT")
+                except sqlite3.Error as exc:  # trimmed all the same; the next trim frees them
+                    if driver.in_transaction:
+                        driver.execute("ROLLBACK")
+                    logger.warning("freeing the pages of %s failed: %s", self.url, exc)
+        return start
+
+    async def _hot_size(self) -> int:
+        """The bytes of the file's pages in use: every table of the log (owners and
+        snapshots too), free pages not counted. The WAL is not counted: it is
+        transient, copied back by the next checkpoint and then written over."""
+        with self._translate_errors():
+            conn = self._reading()
+            pages = conn.execute("PRAGMA page_count").fetchone()[0]
+            free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+            size = conn.execute("PRAGMA page_size").fetchone()[0]
+        return (pages - free) * size  # type: ignore[no-any-return]
+
     async def _save_snapshot(self, name: str, position: int, data: bytes, replace: bool) -> None:
         await self._in_writer(self._save_snapshot_now, name, position, data, replace)
 
@@ -354,6 +460,11 @@ class SQLiteEventLog(EventLog):
         self._writer.dispose()
 
 
+def _select_rows(events: str, columns: str) -> str:
+    """The statement of a page of rows after a position."""
+    return f"SELECT {columns} FROM {events} WHERE position > ? ORDER BY position LIMIT ?"
+
+
 def _engine(url: Any, durability: str, busy_timeout: float) -> Engine:
     engine = create_engine(
         url,
@@ -379,6 +490,10 @@ def _configure_connection(connection: sqlite3.Connection, durability: str) -> No
     # We issue BEGIN ourselves: the driver's implicit transactions start deferred, and
     # a deferred writer can fail to upgrade its lock. Readers run autocommit.
     connection.isolation_level = None
+    # Before the journal mode, which writes a new file's header: a log created now
+    # can give trimmed pages back (see _trim_now). On an existing file this changes
+    # nothing (only a VACUUM would).
+    connection.execute("PRAGMA auto_vacuum=INCREMENTAL")
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute(f"PRAGMA synchronous={durability.upper()}")
     # 64 MiB of page cache (the default is 2 MiB): the indexes of a long log stay hot.

@@ -9,12 +9,23 @@ from pathlib import Path
 
 import pytest
 
-from eventlog import EventLog, LogUnavailable, SQLiteEventLog, WorkerHeartbeat, open_log
+from eventlog import (
+    EventLog,
+    EventLogError,
+    LogUnavailable,
+    SQLiteEventLog,
+    WorkerHeartbeat,
+    open_log,
+)
+from eventlog.archive import DirectoryArchive
+from eventlog.chain import GENESIS, linker
+from eventlog.verify import verify
 from tests.eventlog import _processes
-from tests.eventlog.contract import HANG_GUARD, SharedEventLogContract
+from tests.eventlog.contract import HANG_GUARD, SPAWN, SharedEventLogContract, heartbeats
+from tests.eventlog.retention_contract import RetentionContract, fill, read_everything
 
 
-class TestSQLiteEventLog(SharedEventLogContract):
+class TestSQLiteEventLog(SharedEventLogContract, RetentionContract):
     @pytest.fixture
     async def log_url(self, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path}/log.db"
@@ -33,6 +44,39 @@ class TestSQLiteEventLog(SharedEventLogContract):
                 "VALUES (?, ?, 0, 'raw', ?)",
                 (head + 1, f"raw{head + 1}", data),
             )
+
+    # Changes to the hot log behind the log's back, as another program with the file
+    # would make them.
+
+    async def change_byte(self, log: EventLog, position: int) -> None:
+        assert isinstance(log, SQLiteEventLog)
+        with sqlite3.connect(log._path) as db:
+            query = "SELECT data FROM sessionlog_events WHERE position = ?"
+            (data,) = db.execute(query, (position,)).fetchone()
+            changed = data[:-1] + bytes([data[-1] ^ 1])
+            update = "UPDATE sessionlog_events SET data = ? WHERE position = ?"
+            db.execute(update, (changed, position))
+
+    async def delete_record(self, log: EventLog, position: int) -> None:
+        assert isinstance(log, SQLiteEventLog)
+        with sqlite3.connect(log._path) as db:
+            db.execute("DELETE FROM sessionlog_events WHERE position = ?", (position,))
+
+    async def swap_records(self, log: EventLog, first: int, second: int) -> None:
+        """Swap everything but the positions and the links."""
+        assert isinstance(log, SQLiteEventLog)
+        columns = "event_id, session_id, at, worker, data"
+        query = f"SELECT {columns} FROM sessionlog_events WHERE position = ?"
+        update = (
+            "UPDATE sessionlog_events SET event_id = ?, session_id = ?, at = ?, worker = ?, "
+            "data = ? WHERE position = ?"
+        )
+        with sqlite3.connect(log._path) as db:
+            a, b = (db.execute(query, (p,)).fetchone() for p in (first, second))
+            # event_id is unique: out of the way first.
+            db.execute(update, ("swapping", *a[1:], first))
+            db.execute(update, (*a, second))
+            db.execute(update, (*b, first))
 
 
 @pytest.mark.parametrize("durability", ["off", "normal", "full"])
@@ -170,3 +214,169 @@ async def test_a_write_lock_held_elsewhere_times_appends_out_then_they_work(
         assert await log.append([WorkerHeartbeat()], worker="w") == [2]
     finally:
         await log.close()
+
+
+# -- retention -------------------------------------------------------------------
+
+OLD_SCHEMA = """
+CREATE TABLE sessionlog_events (
+    position INTEGER NOT NULL PRIMARY KEY,
+    event_id VARCHAR(64) NOT NULL UNIQUE,
+    session_id VARCHAR(128),
+    at FLOAT NOT NULL,
+    worker VARCHAR(128) NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE TABLE sessionlog_owners (
+    session_id VARCHAR(128) NOT NULL PRIMARY KEY,
+    owner VARCHAR(128) NOT NULL
+);
+CREATE TABLE sessionlog_snapshots (
+    name VARCHAR(64) NOT NULL PRIMARY KEY,
+    position BIGINT NOT NULL,
+    data BLOB NOT NULL
+);
+"""
+
+
+async def _old_format_log(path: Path, records: int) -> None:
+    """A log file as sessionlog wrote it before chains: no chain column, no start table,
+    no auto_vacuum. Its records are those a current log stores, copied over."""
+    async with await open_log(f"sqlite:///{path.with_suffix('.new.db')}") as new:
+        await fill(new, 1, records)
+        rows = await new.read_chained(0, records)
+    with sqlite3.connect(path, isolation_level=None) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(OLD_SCHEMA)
+        db.executemany(
+            "INSERT INTO sessionlog_events (position, event_id, at, worker, data) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [(r.position, f"old{r.position}", r.at, r.worker, r.data) for r in rows],
+        )
+    db.close()
+
+
+def _columns(path: Path) -> set[str]:
+    with sqlite3.connect(path) as db:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(sessionlog_events)")}
+    db.close()
+    return columns
+
+
+async def test_a_log_older_than_chains_opens_and_chains_after_its_records(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.db"
+    await _old_format_log(path, 5)
+    async with await open_log(f"sqlite:///{path}", read_only=True) as audit:
+        checked = await verify(audit)
+        assert (checked.ok, checked.unchained, checked.checked) == (True, 5, 0)
+        assert await audit.start_anchor() == (1, GENESIS)
+    assert "chain" not in _columns(path)  # a read-only open changed nothing
+    async with await open_log(f"sqlite:///{path}") as log:
+        assert await log.append(heartbeats(3), worker="w") == [6, 7, 8]
+        rows = await log.read_chained(0, 100)
+        assert [row.chain for row in rows[:5]] == [None] * 5
+        link, previous = linker(log.hash_name), GENESIS  # the chain starts after them
+        for row in rows[5:]:
+            assert row.chain == link(previous, row.position, row.at, row.worker, row.data)
+            previous = row.chain
+        checked = await verify(log)
+        assert (checked.ok, checked.unchained, checked.checked) == (True, 5, 3)
+        # Its records move to the archive like any others.
+        assert await log.archive_until(7, segment_records=4) == 7
+        assert (await verify(log)).ok
+        assert [r[0] for r in await read_everything(log)] == list(range(1, 9))
+
+
+async def _pages(path: Path) -> tuple[int, int]:
+    with sqlite3.connect(path) as db:
+        (pages,) = db.execute("PRAGMA page_count").fetchone()
+        (free,) = db.execute("PRAGMA freelist_count").fetchone()
+    db.close()
+    return pages, free
+
+
+async def _fill_big(log: EventLog, batches: int) -> int:
+    for i in range(batches):
+        await log.append(
+            [WorkerHeartbeat(id=f"{i:08d}{j:056d}") for j in range(100)], worker="w" * 100
+        )
+    return await log.head()
+
+
+async def test_a_move_gives_the_pages_of_the_records_back(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    async with await open_log(f"sqlite:///{path}") as log:
+        head = await _fill_big(log, 20)
+        pages, free = await _pages(path)
+        size = await log.hot_size()
+        assert await log.archive_until(head) == head
+        after, free_after = await _pages(path)
+        assert after < pages / 4 and free_after == 0 == free
+        assert await log.hot_size() < size / 4
+        assert (await verify(log)).ok
+
+
+async def test_a_log_without_auto_vacuum_keeps_its_pages_for_new_rows(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    await _old_format_log(path, 1)
+    async with await open_log(f"sqlite:///{path}") as log:
+        head = await _fill_big(log, 20)
+        pages, _ = await _pages(path)
+        size = await log.hot_size()
+        assert await log.archive_until(head) == head
+        after, free = await _pages(path)
+        assert after == pages and free > pages * 3 / 4
+        assert await log.hot_size() < size / 4  # free pages are not counted
+        await _fill_big(log, 5)  # reuses them
+        assert (await _pages(path))[0] == pages
+
+
+async def test_the_archive_is_beside_the_file_unless_the_url_says(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/log.db"
+    async with await open_log(url) as log:
+        assert isinstance(log.archive, DirectoryArchive)
+        assert log.archive.path == tmp_path / "log.db.archive"
+    async with await open_log(url, read_only=True) as audit:
+        assert isinstance(audit.archive, DirectoryArchive)
+        assert audit.archive.path == tmp_path / "log.db.archive"
+    async with await open_log(f"{url}?archive={tmp_path}/elsewhere") as log:
+        assert isinstance(log.archive, DirectoryArchive)
+        assert log.archive.path == tmp_path / "elsewhere"
+    async with await open_log(f"{url}?archive=none") as log:
+        assert log.archive is None
+    with pytest.raises(EventLogError, match="names no directory"):
+        await open_log(f"{url}?archive=")
+
+
+async def test_appends_of_two_processes_at_once_chain_as_one_log(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/log.db"
+    async with await open_log(url):
+        pass  # the tables exist before the race
+    barrier = SPAWN.Barrier(2)
+    processes = [
+        SPAWN.Process(target=_processes.append_many, args=(url, f"w{i}", 400, 8, barrier))
+        for i in range(2)
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        await asyncio.to_thread(process.join, HANG_GUARD)
+        assert process.exitcode == 0
+    async with await open_log(url) as log:
+        assert {r.worker for r in await log.read(0, 1000)} == {"w0", "w1"}
+        checked = await verify(log)
+        assert checked.ok, checked.broken
+        assert checked.checked == await log.head() == 800
+
+
+async def test_a_trim_from_a_start_that_moved_meanwhile_changes_nothing(tmp_path: Path) -> None:
+    async with await open_log(f"sqlite:///{tmp_path}/log.db") as log:
+        assert isinstance(log, SQLiteEventLog)
+        await fill(log, 4)
+        rows = await log.read_chained(0, 10)
+        assert await log._trim(6, rows[4].chain or b"", expected_start=1) == 6
+        assert await log._trim(11, rows[9].chain or b"", expected_start=1) == 6  # stale
+        assert await log.start_anchor() == (6, rows[4].chain)
+        assert [row.position for row in await log.read_chained(0, 100)] == list(range(6, 21))
