@@ -11,7 +11,9 @@ process, each over Streamable HTTP: initialize, notifications/initialized,
 two seconds a sampler records the worker's RSS and what the backend holds:
 the SQLite file (the log gives space back with incremental vacuum), PostgreSQL's
 ``pg_total_relation_size`` of the events table, Valkey's ``used_memory``; and the
-archive directory's size (it grows: that is where the records go).
+archive's size (it grows: that is where the records go), in each backend's default
+place (a directory beside the SQLite file, PostgreSQL's archive table) or, for
+Redis, a directory.
 
 Flat means: the level over the ``WINDOW_SECONDS`` after warm-up (the first
 ``WARM_UP_SECONDS``: a few retention windows, so the hot log has reached what it
@@ -30,6 +32,7 @@ import dataclasses
 import itertools
 import os
 import secrets
+import shutil
 import statistics
 import sys
 import tempfile
@@ -188,11 +191,12 @@ async def _load(
 
 @dataclass
 class Probe:
-    """How one backend's size is measured, and how its log URL is made."""
+    """How one backend's size and its archive's are measured, and its log URL."""
 
     measure: str
     log_url: str
     size: Callable[[], Awaitable[int]]
+    archive_size: Callable[[], Awaitable[int]]
     wal: Path | None = None
 
 
@@ -212,55 +216,73 @@ def _directory_bytes(path: Path) -> int:
 
 
 @asynccontextmanager
-async def _probe(backend: str, url: str, archive: Path) -> AsyncIterator[Probe]:
+async def _probe(backend: str, url: str, workdir: Path) -> AsyncIterator[Probe]:
+    """The backend's archive where it is by default: the directory beside a SQLite
+    file, PostgreSQL's archive table; a directory for Redis (which has none by
+    default). Whatever the run wrote is removed at the end: gigabytes, and Valkey's
+    used_memory is the whole server's."""
     namespace = f"soak{secrets.token_hex(4)}"
     log_url = url.replace("NS", namespace)
-    joiner = "&" if "?" in log_url else "?"
-    log_url += f"{joiner}archive={archive}"
     if backend == "sqlite":
         path = Path(log_url.removeprefix("sqlite:///").split("?", 1)[0])
-        wal = path.with_name(f"{path.name}-wal")
+        wal, archive = path.with_name(f"{path.name}-wal"), path.with_name(f"{path.name}.archive")
 
         async def file_bytes() -> int:
             return _file_bytes(path)
 
+        async def archive_bytes() -> int:
+            return _directory_bytes(archive)
+
         try:
-            yield Probe("SQLite file", log_url, file_bytes, wal)
+            yield Probe("SQLite file", log_url, file_bytes, archive_bytes, wal)
         finally:
             for each in (path, wal, path.with_name(f"{path.name}-shm")):
                 each.unlink(missing_ok=True)
+            shutil.rmtree(archive, ignore_errors=True)
     elif backend == "postgresql":
         connection = await asyncpg.connect(url.split("?", 1)[0])
-        table = f"{namespace}_events"
 
-        async def relation_bytes() -> int:
+        async def relation_bytes(table: str) -> int:
             found = await connection.fetchval("SELECT to_regclass($1)", table)
             if found is None:
                 return 0
             return await connection.fetchval("SELECT pg_total_relation_size($1)", table)
 
+        async def events_bytes() -> int:
+            return await relation_bytes(f"{namespace}_events")
+
+        async def archive_bytes() -> int:
+            return await relation_bytes(f"{namespace}_archive")
+
+        measure = "events table (pg_total_relation_size)"
         try:
-            yield Probe("events table (pg_total_relation_size)", log_url, relation_bytes)
+            yield Probe(measure, log_url, events_bytes, archive_bytes)
         finally:
             tables = await connection.fetch(
                 "SELECT tablename FROM pg_tables WHERE tablename LIKE $1", f"{namespace}\\_%"
             )
-            for (name,) in tables:  # what the run wrote: gigabytes, not for the next one
+            for (name,) in tables:
                 await connection.execute(f'DROP TABLE "{name}" CASCADE')
             await connection.close()
     else:
+        archive = workdir / f"{namespace}.archive"
         client = aioredis.from_url(url.split("?", 1)[0])
 
         async def used_memory() -> int:
             return int((await client.info("memory"))["used_memory"])
 
+        async def archive_bytes() -> int:
+            return _directory_bytes(archive)
+
         try:
-            yield Probe("Valkey used_memory", log_url, used_memory)
+            yield Probe(
+                "Valkey used_memory", f"{log_url}&archive={archive}", used_memory, archive_bytes
+            )
         finally:
-            # The server is shared by every case: used_memory is the whole server's.
             async for key in client.scan_iter(match=f"{{{namespace}}}:*", count=1000):
                 await client.unlink(key)
             await client.aclose()
+            shutil.rmtree(archive, ignore_errors=True)
 
 
 # -- one case ------------------------------------------------------------------------------
@@ -297,11 +319,9 @@ async def _run_case(
     workdir: Path,
     plan: Plan,
 ) -> Case:
-    archive = workdir / f"archive-{backend}-{mode.split()[-1]}-{secrets.token_hex(3)}"
-    archive.mkdir()
-    async with _probe(backend, url, archive) as probe:
+    async with _probe(backend, url, workdir) as probe:
         args = (*args, "--closed-retention", CLOSED_RETENTION)
-        output = workdir / f"{archive.name}.log"
+        output = workdir / f"retention-{backend}-{mode.split()[-1]}.log"
         with serve_process(probe.log_url, *args, output=output) as served:
             worker = psutil.Process(served.process.pid)
             client_cpu_before = sum(psutil.Process().cpu_times()[:2])
@@ -319,7 +339,7 @@ async def _run_case(
                         sessions=done[0],
                         rss_mib=worker.memory_info().rss / 2**20,
                         backend_bytes=await probe.size(),
-                        archive_bytes=_directory_bytes(archive),
+                        archive_bytes=await probe.archive_size(),
                         wal_bytes=_file_bytes(probe.wal) if probe.wal else 0,
                     )
                 )
@@ -344,7 +364,7 @@ async def _run_case(
         warm_up_sessions=warm_up if warm_up is not None else done[0],
         backend_measure=probe.measure,
         samples=samples,
-        levels=_levels(samples, min(plan.warm_up, elapsed), plan.window),
+        levels=_levels(samples, min(plan.warm_up, samples[-1].seconds), plan.window),
     )
     print(
         f"retention {backend} {mode}: {case.sessions} sessions in {elapsed:.0f} s "
