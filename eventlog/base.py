@@ -490,6 +490,8 @@ class EventLog(ABC):
         self._closed = True
         if self._flushers:
             await asyncio.gather(*list(self._flushers), return_exceptions=True)
+        if self.archive is not None:
+            await self.archive.close()
         await self._close()
 
     async def __aenter__(self) -> EventLog:

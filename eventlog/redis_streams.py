@@ -12,14 +12,25 @@ time, which expires two windows after its last write. A commit looks an id up in
 its own bucket and the two beside it (clocks of workers may differ by less than a
 window), so an id appended again within a window of its first append, by the log's
 clock, is found: far longer than any retry or second answerer waits.
+
+Every entry carries its link of the hash chain (``eventlog.chain``; SHA-1, the one
+hash Lua scripts have) in its field ``h``, as hex: the commit script computes it
+from the link of the head entry, which it keeps with the head's position beside the
+head counter and reads from the entry itself when that position is not the head (an
+entry appended some other way). An entry from before chains has no ``h``; the chain
+starts again after it. The log start position and the link before it are kept
+in ``{ns}:start``; a trim below it (``XTRIM MINID``) is one script with the compare
+and the update of the start.
 """
 
 from __future__ import annotations
 
 import asyncio
+import binascii
 import contextlib
 import functools
 import time
+from binascii import unhexlify
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -30,10 +41,15 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from ._urls import check_namespace, redact
+from .archive import Archive, directory_archive
 from .base import Append, Claim, EventLog, LogRow, Operation
+from .chain import GENESIS, ChainedRow
 from .errors import EventLogError, LogUnavailable
 
 __all__ = ["RedisEventLog"]
+
+# Limits
+HOT_SIZE_SAMPLES = 100  # stream nodes MEMORY USAGE looks at, the rest estimated from them
 
 # Timeouts
 CLOSE_GRACE = 2.0  # seconds close() waits for connections to close cleanly
@@ -41,18 +57,37 @@ DEFAULT_DEDUPE_WINDOW = 3600.0  # seconds an appended event id is remembered, at
 DEFAULT_TIMEOUT = 3.0  # seconds any call may wait for the server (an XREAD: beyond its BLOCK)
 
 # One group commit, applied atomically on the server. KEYS: events stream, head
-# counter, owners hash, then the id -> position hashes of the buckets before, of and
-# after the commit's time. ARGV: the time, the milliseconds its bucket is kept after
-# a write, then the operations:
+# counter, owners hash, the head's link, then the id -> position hashes of the
+# buckets before, of and after the commit's time. Each new entry gets its link of the
+# chain (eventlog.chain) in field 'h', chained from the head entry's. ARGV: the time,
+# the milliseconds its bucket is kept after a write, then the operations:
 #   'a', worker, n, then n (event id, data) pairs   -> the positions
 #   'c', session, worker, expected ('' = none), event id, data   -> the owner after
 #   'r', session, worker, event id, data   -> 1 if released, else 0
 # A claim or release whose event id is stored already is this very commit, sent again
 # after its connection broke: it is answered as it was then.
 _COMMIT = """
-local at, keep, stream, owners, ids = ARGV[1], ARGV[2], KEYS[1], KEYS[3], KEYS[5]
-local call = redis.call
+local at, keep, stream, owners, ids = ARGV[1], ARGV[2], KEYS[1], KEYS[3], KEYS[6]
+local call, sha1hex, pack = redis.call, redis.sha1hex, struct.pack
 local head = tonumber(call('GET', KEYS[2]) or '0')
+-- The chain goes on from the head entry's link, kept as '<head>:<link>' beside the
+-- head counter (so a copy of the head's entry, payload and all, is not read back per
+-- commit); read from the entry when that is not the head's (an entry appended some
+-- other way); GENESIS ('') after an entry without one (written before chains).
+-- A link hashes hex(previous) || be64 position || be double at || be32 #worker ||
+-- worker || data (eventlog.chain; # counts bytes, as Lua strings are): the parts
+-- after the position are packed once per commit and worker, not per record.
+local previous, stamp, packed_workers = '', pack('>d', tonumber(at)), {}
+local kept = call('GET', KEYS[4]) or ''
+local sep = string.find(kept, ':', 1, true)
+if sep and tonumber(string.sub(kept, 1, sep - 1)) == head then
+  previous = string.sub(kept, sep + 1)
+elseif head > 0 then
+  local entry = call('XRANGE', stream, '0-' .. head, '0-' .. head)[1]
+  if entry and entry[2][7] == 'h' then
+    previous = entry[2][8]
+  end
+end
 -- The positions of the batch's event ids already stored, looked up in one HMGET per
 -- bucket and thousand ids (Lua's unpack has a bounded stack), not one HGET per event.
 local batch, count = {}, 0
@@ -77,7 +112,7 @@ while i <= #ARGV do
   end
 end
 local known = {}
-for bucket = 4, 6 do
+for bucket = 5, 7 do
   if call('EXISTS', KEYS[bucket]) == 1 then
     for first = 1, count, 1000 do
       local last = math.min(first + 999, count)
@@ -97,7 +132,13 @@ local function store(worker, id, data)
   if not position then
     head = head + 1
     position = head
-    call('XADD', stream, '0-' .. position, 't', at, 'w', worker, 'd', data)
+    local packed = packed_workers[worker]
+    if not packed then
+      packed = pack('>I4', #worker) .. worker
+      packed_workers[worker] = packed
+    end
+    previous = sha1hex(previous .. pack('>i8', position) .. stamp .. packed .. data)
+    call('XADD', stream, '0-' .. position, 't', at, 'w', worker, 'd', data, 'h', previous)
     known[id] = position
     new[paired + 1] = id
     new[paired + 2] = position
@@ -145,12 +186,26 @@ while i <= #ARGV do
 end
 if paired > 0 then
   call('SET', KEYS[2], head)
+  call('SET', KEYS[4], head .. ':' .. previous)
   for first = 1, paired, 1000 do
     call('HSET', ids, unpack(new, first, math.min(first + 999, paired)))
   end
   call('PEXPIRE', ids, keep)
 end
 return results
+"""
+
+# KEYS: the start hash, the events stream. ARGV: the new start, the link (hex) of
+# the entry before it, the start expected. Returns the start after the call.
+_TRIM = """
+local start = tonumber(redis.call('HGET', KEYS[1], 'position') or '1')
+local before = tonumber(ARGV[1])
+if start == tonumber(ARGV[3]) and before > start then
+  redis.call('HSET', KEYS[1], 'position', before, 'chain', ARGV[2])
+  redis.call('XTRIM', KEYS[2], 'MINID', '0-' .. before)
+  start = before
+end
+return start
 """
 
 # KEYS: the snapshot hash. ARGV: position, data, replace ('1': whatever is stored).
@@ -164,11 +219,33 @@ end
 
 
 def _rows(entries: list[list[Any]]) -> list[LogRow]:
-    # Raw entries: [b"0-<position>", [b"t", at, b"w", worker, b"d", data]], as written.
+    # Raw entries: [b"0-<position>", [b"t", at, b"w", worker, b"d", data, b"h", link]],
+    # as written (no link in an entry from before chains).
     return [
         LogRow(int(entry_id[2:]), float(fields[1]), fields[3].decode(), fields[5])
         for entry_id, fields in entries
     ]
+
+
+def _chained_rows(entries: list[list[Any]]) -> list[ChainedRow]:
+    # As _rows, with the link from its hex, if the entry has one.
+    return [
+        ChainedRow(
+            int(entry_id[2:]),
+            float(fields[1]),
+            fields[3].decode(),
+            fields[5],
+            _link(fields[7]) if len(fields) > 7 else None,
+        )
+        for entry_id, fields in entries
+    ]
+
+
+def _link(stored: bytes) -> bytes:
+    try:
+        return unhexlify(stored)
+    except binascii.Error:  # not hex: changed behind the log's back, and no link of a walk
+        return stored
 
 
 def _raw(response: Any, **_options: Any) -> Any:
@@ -204,6 +281,7 @@ def _packing_in_c(connection_class: type[AbstractConnection]) -> type[AbstractCo
 
 
 class RedisEventLog(EventLog):
+    hash_name = "sha1"  # Lua scripts have no other hash
     # A batch is packed and sent while the one before it runs on the server: each
     # script call is atomic and assigns its own positions, so they may overlap.
     commits_in_flight = 2
@@ -226,12 +304,20 @@ class RedisEventLog(EventLog):
         # Durability: a commit is acknowledged only once this many replicas have it
         # (WAIT), so a failover to one of them loses nothing acknowledged.
         wait_replicas: int = 0,
+        # An Archive, or a URL's ``archive=`` option (a directory; none by default: the
+        # server's clients need not share a filesystem).
+        archive: Archive | str | None = None,
     ) -> None:
-        super().__init__(url=redact(url), clock=clock, read_only=read_only)
+        if not isinstance(archive, Archive):
+            archive = directory_archive(archive, None)
+        super().__init__(url=redact(url), clock=clock, read_only=read_only, archive=archive)
         check_namespace(namespace)
         # One hash tag, so every key of a namespace lands on one cluster slot.
-        self._keys = [f"{{{namespace}}}:{name}" for name in ("events", "head", "owners")]
+        self._keys = [
+            f"{{{namespace}}}:{name}" for name in ("events", "head", "owners", "head_link")
+        ]
         self._stream = self._keys[0]
+        self._start_key = f"{{{namespace}}}:start"
         self._ids_prefix = f"{{{namespace}}}:ids:"
         if not dedupe_window > 0:
             raise EventLogError(f"dedupe_window must be positive seconds, not {dedupe_window!r}")
@@ -272,6 +358,7 @@ class RedisEventLog(EventLog):
             for command in ("XRANGE", "XREAD"):
                 client.set_response_callback(command, _raw)
         self._save_snapshot_script = self._redis.register_script(_SAVE_SNAPSHOT)
+        self._trim_script = self._redis.register_script(_TRIM)
         self._wait_replicas, self._wait_timeout = wait_replicas, wait_timeout
 
     async def _open(self) -> None:
@@ -344,10 +431,38 @@ class RedisEventLog(EventLog):
         bucket = int(at // self._dedupe_window)
         return [f"{self._ids_prefix}{n}" for n in (bucket - 1, bucket, bucket + 1)]
 
-    async def _read_rows(self, after: int, limit: int) -> list[LogRow]:
+    async def _entries(self, after: int, limit: int) -> list[list[Any]]:
         with self._translate_errors():
-            entries = await self._redis.xrange(self._stream, f"(0-{after}", "+", count=limit)
-        return _rows(entries)
+            return await self._redis.xrange(self._stream, f"(0-{after}", "+", count=limit)
+
+    async def _read_rows(self, after: int, limit: int) -> list[LogRow]:
+        return _rows(await self._entries(after, limit))
+
+    async def _read_chained(self, after: int, limit: int) -> list[ChainedRow]:
+        return _chained_rows(await self._entries(after, limit))
+
+    async def _start(self) -> tuple[int, bytes]:
+        with self._translate_errors():
+            position, chain = await self._redis.hmget(self._start_key, ["position", "chain"])
+        if position is None:
+            return 1, GENESIS
+        return int(position), bytes.fromhex(chain.decode())
+
+    async def _trim(self, before: int, anchor: bytes, expected_start: int) -> int:
+        with self._translate_errors():
+            start = await self._trim_script(
+                [self._start_key, self._stream], [before, anchor.hex(), expected_start]
+            )
+        return int(start)
+
+    async def _hot_size(self) -> int:
+        """The stream's bytes in server memory, as ``MEMORY USAGE`` estimates them from
+        its oldest nodes (of up to a hundred entries or 4 KiB each). Not every node:
+        ``SAMPLES 0`` walks them all, and blocks the server 0.8-1.5 s for a million
+        entries here. Not the id hashes: they are bounded by the dedupe window and
+        expire on their own, and no trim of the hot log changes them."""
+        with self._translate_errors():
+            return await self._redis.memory_usage(self._stream, samples=HOT_SIZE_SAMPLES) or 0
 
     async def _tail_rows(self, after: int, limit: int) -> list[LogRow]:
         while True:
