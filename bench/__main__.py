@@ -23,7 +23,19 @@ from pathlib import Path
 
 import msgspec
 
-from . import eventlog, faults, gateway, memory, plots, profiles, proxy, readme, registry
+from . import (
+    eventlog,
+    faults,
+    gateway,
+    memory,
+    plots,
+    profiles,
+    proxy,
+    readme,
+    registry,
+    retention,
+    verify,
+)
 from .harness import Row, ScenarioResult, backends, report
 
 RESULTS = Path(__file__).parent / "results"
@@ -61,6 +73,8 @@ SCENARIOS: dict[str, Callable[[Context], ScenarioResult]] = {
     "proxy": lambda ctx: proxy.scenario(ctx.quick, ctx.urls, ctx.workdir),
     "memory": lambda ctx: memory.scenario(ctx.quick, ctx.workdir),
     "faults": lambda ctx: faults.scenario(ctx.quick, ctx.workdir),
+    "verify": lambda ctx: verify.scenario(ctx.quick, ctx.urls, ctx.workdir),
+    "retention": lambda ctx: retention.scenario(ctx.quick, ctx.urls, ctx.workdir, ctx.out),
     "contextforge": _contextforge,
 }
 # Baselines that take minutes to set up: not part of --quick.

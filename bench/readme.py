@@ -16,6 +16,7 @@ import re
 import textwrap
 from pathlib import Path
 
+from . import retention
 from .harness import Row
 
 __all__ = ["render", "render_conformance", "write", "write_conformance"]
@@ -35,6 +36,8 @@ TITLES = {
     "proxy-faults": "What each proxy does on failure (two proxy processes, one store)",
     "memory": "Worker memory: 3 MiB messages on one session, sessions opened and closed",
     "faults": "Faults under load: 10 HTTP+SSE clients posting and awaiting each answer",
+    "verify": "Verify (the hash chain walked) beside replay (read, decode, fold), one log",
+    "retention": "Retention soak: sessions through one worker, with a short retention and without",
 }
 # Metrics where more is better; for all others (latency, CPU, ...) less is.
 HIGHER_IS_BETTER = ("events/s", "records/s", "messages/s", "calls/s")
@@ -55,6 +58,7 @@ TARGETS = {
     ("idle", "", "ops/s"): "flat",
     ("replay", "", "records/s"): ">= 500,000",
     ("replay", "", "start from snapshot"): "< 1 s",
+    ("verify", "", "verify records/s"): ">= 500,000",
     # Issue 12's: at the SDK's latency and CPU or better, 3x its calls/s at 20 clients.
     ("tools-call", "", "calls/s"): ">= 3x the SDK (20 clients)",
     ("tools-call", "", "p50"): "<= the SDK's",
@@ -71,10 +75,12 @@ ORDER = [
     "read",
     "replay",
     "faults",
+    "verify",
+    "retention",
 ]
 # Scenarios with several systems side by side, not one baseline: tables of their own.
 # Conformance rows are in summary.json; the README has its own table for them.
-SPECIAL = {"proxy", "proxy-faults", "conformance", "faults"}
+SPECIAL = {"proxy", "proxy-faults", "conformance", "faults", "retention"}
 # In summary.json and the results files, not in the README's tables (kept short).
 LEFT_OUT = ("p95", "max")
 
@@ -159,9 +165,65 @@ def render(rows: list[Row]) -> str:
             tables += [_proxy_tables(rows), _proxy_faults(rows)]
         elif scenario == "faults":
             tables.append(_faults(rows))
+        elif scenario == "retention":
+            tables.append(_retention(rows))
         elif scenario not in SPECIAL:
             tables.append(_table(scenario, rows))
     return "\n\n".join(filter(None, tables))
+
+
+# -- retention: one row per backend and run ------------------------------------------
+
+RETENTION_MEASURES = {
+    "sqlite": "the file",
+    "postgresql": "events table",
+    "redis": "used_memory",
+}
+RETENTION_COLUMNS = (
+    ("sessions/s", "sessions/s"),
+    ("backend at warm-up", "backend at warm-up"),
+    ("backend at end", "at end"),
+    ("backend growth", "growth"),
+    ("rss at warm-up", "worker RSS at warm-up"),
+    ("rss at end", "at end"),
+    ("rss growth", "growth"),
+    ("backend growth per session", "backend per session"),
+)
+
+
+def _retention(rows: list[Row]) -> str:
+    soak = [r for r in rows if r.scenario == "retention"]
+    if not soak:
+        return ""
+    runs = list(dict.fromkeys((r.backend, r.parameter) for r in soak))
+    found = {(r.backend, r.parameter, r.metric): r for r in soak}
+    lines = [
+        f"**{TITLES['retention']}**",
+        "",
+        "| backend (measure) | run | " + " | ".join(h for _, h in RETENTION_COLUMNS) + " | flat |",
+        "|---|---|" + "---:|" * len(RETENTION_COLUMNS) + "---|",
+    ]
+    for backend, run in runs:
+        cells = []
+        for metric, _ in RETENTION_COLUMNS:
+            row = found.get((backend, run, metric))
+            cells.append("" if row is None else _value(row))
+        growth = [found.get((backend, run, m)) for m in ("backend growth", "rss growth")]
+        flat = ""
+        if "retain off" not in run and all(growth):
+            flat = "yes" if all(abs(g.value) <= retention.FLAT for g in growth if g) else "**no**"
+        measure = f"{backend} ({RETENTION_MEASURES.get(backend, '')})"
+        lines.append(f"| {measure} | {run} | " + " | ".join(cells) + f" | {flat} |")
+    note = (
+        f"Each session: initialize, notifications/initialized, {retention.CALLS} tools/call of "
+        f"the built-in echo, DELETE (Streamable HTTP, {retention.CLIENTS} clients). Levels are "
+        f"means of the samples over {retention.WINDOW_SECONDS:g} s after warm-up (the first "
+        f"{retention.WARM_UP_SECONDS:g} s) and over the last {retention.WINDOW_SECONDS:g} s; "
+        f"flat: both within {retention.FLAT:g} %. The backend: the SQLite file (its WAL beside "
+        "it in the plot), PostgreSQL's `pg_total_relation_size` of the events table, "
+        "Valkey's `used_memory`. Over time: `bench/results/retention.png`."
+    )
+    return "\n".join(lines) + "\n\n" + textwrap.fill(note, width=88, break_on_hyphens=False)
 
 
 # -- faults: one row per case, one column per figure -----------------------------------
