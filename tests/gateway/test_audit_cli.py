@@ -199,12 +199,21 @@ def compactor_claims(records: list[Any]) -> list[tuple[str, str]]:
     ]
 
 
-async def claims_in(url: str) -> list[tuple[str, str]]:
+async def claims_until_each_compacted(url: str, workers: int, times: int) -> list[tuple[str, str]]:
+    """The compaction claims in the log, read as they are appended, until ``workers``
+    workers have each claimed it ``times`` times."""
     log = await open_log(url, read_only=True)
+    claims: list[tuple[str, str]] = []
     try:
-        return compactor_claims([r async for page, _ in pages(log) for r in page])
+        async with asyncio.timeout(HANG_GUARD):
+            async for page, _ in log.tail_pages(0):
+                claims += compactor_claims(page)
+                runs = [worker for change, worker in claims if change == "claimed"]
+                if len(set(runs)) == workers and all(runs.count(w) >= times for w in set(runs)):
+                    return claims
     finally:
         await log.close()
+    raise AssertionError(f"the log ended; compactions so far: {claims}")
 
 
 def test_two_serving_workers_never_compact_at_once(log_url: str) -> None:
@@ -217,14 +226,7 @@ def test_two_serving_workers_never_compact_at_once(log_url: str) -> None:
         "SESSIONLOG_ARCHIVE_SEGMENT_RECORDS": "5",
     }
     with serve_process(log_url, env=env), serve_process(log_url, env=env):
-        deadline = time.monotonic() + HANG_GUARD
-        while True:  # until each worker compacted a few times
-            claims = asyncio.run(claims_in(log_url))
-            runs = [worker for change, worker in claims if change == "claimed"]
-            if len(set(runs)) == 2 and all(runs.count(w) >= 3 for w in set(runs)):
-                break
-            assert time.monotonic() < deadline, f"compactions so far: {claims}"
-            time.sleep(0.05)  # polling the log, not waiting for time to pass
+        claims = asyncio.run(claims_until_each_compacted(log_url, workers=2, times=3))
     # Claimed, released by the same worker, claimed again: never two holders at once.
     for (claimed, holder), (released, leaver) in zip(claims[::2], claims[1::2], strict=False):
         assert (claimed, released, leaver) == ("claimed", "released", holder)
